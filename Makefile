@@ -1,0 +1,84 @@
+# ContextCache entry points. `make help` lists them.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DELETE_ON_ERROR:
+.DEFAULT_GOAL := help
+MAKEFLAGS += --warn-undefined-variables --no-builtin-rules
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+BUF := $(VENV)/bin/buf
+GEN := gen
+PROTO_FILES := $(wildcard protos/contextcache/v1/*.proto)
+VALIDATE_DESC := build/protovalidate.binpb
+IMAGE := build/contextcache.binpb
+
+.PHONY: help
+help: ## List the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# torch first, the CPU build; otherwise a dependency pulls a multi-GB CUDA build.
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -r requirements.txt
+	# The repository and the generated code are importable from the virtualenv.
+	printf '%s\n%s\n' "$(CURDIR)" "$(CURDIR)/$(GEN)" > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/contextcache.pth"
+	touch $@
+
+.PHONY: install
+install: $(VENV)/.installed protos ## Create the virtualenv with pinned dependencies and generate the protos
+
+$(VALIDATE_DESC): $(VENV)/.installed tools/protovalidate_descriptor.py
+	$(PY) tools/protovalidate_descriptor.py $@
+
+$(GEN)/.stamp: $(PROTO_FILES) $(VALIDATE_DESC)
+	rm -rf $(GEN) && mkdir -p $(GEN)
+	$(PY) -m grpc_tools.protoc --descriptor_set_in=$(VALIDATE_DESC) --python_out=$(GEN) --pyi_out=$(GEN) \
+	  buf/validate/validate.proto
+	$(PY) -m grpc_tools.protoc --descriptor_set_in=$(VALIDATE_DESC) -Iprotos \
+	  --python_out=$(GEN) --pyi_out=$(GEN) --grpc_python_out=$(GEN) $(PROTO_FILES:protos/%=%)
+	$(PY) -m grpc_tools.protoc --descriptor_set_in=$(VALIDATE_DESC) -Iprotos \
+	  --include_imports --include_source_info -o $(IMAGE) $(PROTO_FILES:protos/%=%)
+	touch $@
+
+.PHONY: protos
+protos: $(GEN)/.stamp ## Generate Python messages, .pyi stubs and gRPC stubs into gen/
+
+.PHONY: lint
+lint: install ## ruff, buf lint, buf format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(BUF) lint $(IMAGE) --path contextcache
+	$(BUF) format --diff --exit-code protos
+
+.PHONY: breaking
+breaking: install ## buf breaking (FILE) against the protos of BASE (default: origin/main or HEAD)
+	tools/buf_breaking.sh
+
+.PHONY: migrate
+migrate: install ## Apply database migrations of every service (DATABASE_URL or the embedded SQLite files)
+	$(PY) -m runtime.migrate
+
+.PHONY: run
+run: install ## Run the whole stack on the embedded default (Ctrl-C stops everything)
+	$(PY) -m runtime.stack
+
+.PHONY: demo
+demo: install ## Start the stack, ingest the sample documents, ask questions, stop
+	$(PY) -m examples.demo
+
+.PHONY: test
+test: install ## Run the test suite (needs PostgreSQL and Redis on 127.0.0.1 for the server tests)
+	$(PY) -m pytest -q
+
+.PHONY: bench
+bench: install ## Run the benchmarks (prints figures)
+	for b in bench/*.py; do $(PY) $$b; done
+
+.PHONY: clean
+clean: ## Remove generated code, build output and local data
+	rm -rf $(GEN) build var
