@@ -1,0 +1,83 @@
+"""Channels for calling other ContextCache services.
+
+Every outgoing call carries the remaining deadline of the incoming call it serves (or a
+default), the request id, and a client span (OpenTelemetry). Channels are created inside
+the process that uses them (never before an RQ fork).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+from opentelemetry.instrumentation.grpc import aio_client_interceptors
+
+from runtime import context as call_context
+from runtime.health import Dependency
+
+DEFAULT_TIMEOUT = 30.0
+CHANNEL_OPTIONS: Sequence[tuple[str, Any]] = (
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.enable_retries", 1),
+)
+
+
+def _call_options(
+    client_call_details: grpc.aio.ClientCallDetails,
+) -> grpc.aio.ClientCallDetails:
+    remaining = call_context.time_remaining()
+    timeout = client_call_details.timeout
+    if remaining is not None:
+        timeout = remaining if timeout is None else min(timeout, remaining)
+    if timeout is None:
+        timeout = DEFAULT_TIMEOUT
+    metadata = grpc.aio.Metadata(*(client_call_details.metadata or ()))
+    request_id = call_context.request_id.get()
+    if request_id and "x-request-id" not in metadata:
+        metadata.add("x-request-id", request_id)
+    return grpc.aio.ClientCallDetails(
+        method=client_call_details.method,
+        timeout=timeout,
+        metadata=metadata,
+        credentials=client_call_details.credentials,
+        wait_for_ready=client_call_details.wait_for_ready,
+    )
+
+
+class DeadlinePropagation(
+    grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor
+):
+    """Gives each outgoing call the time left of the incoming one."""
+
+    async def intercept_unary_unary(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
+        return await continuation(_call_options(client_call_details), request)
+
+    async def intercept_unary_stream(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
+        return await continuation(_call_options(client_call_details), request)
+
+
+def open_channel(address: str) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(
+        address,
+        options=CHANNEL_OPTIONS,
+        interceptors=[*aio_client_interceptors(), DeadlinePropagation()],
+    )
+
+
+def grpc_dependency(name: str, channel: grpc.aio.Channel, service: str) -> Dependency:
+    """Readiness probe of another ContextCache service through its health service."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    stub = health_pb2_grpc.HealthStub(channel)
+
+    async def probe() -> None:
+        response = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=2)
+        if response.status != health_pb2.HealthCheckResponse.SERVING:
+            raise RuntimeError("not serving")
+
+    return Dependency(name, "grpc", probe)

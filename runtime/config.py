@@ -1,0 +1,119 @@
+"""Configuration from environment variables only (12-factor), validated at start.
+
+A bad value stops the process with a message naming the variable; secrets are never
+printed back.
+"""
+
+from __future__ import annotations
+
+import enum
+import sys
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ServiceName(enum.StrEnum):
+    PROJECTS = "projects"
+    INGEST = "ingest"
+    QUERY = "query"
+    CRYPTO = "crypto"
+    RATELIMIT = "ratelimit"
+
+
+DEFAULT_PORTS = {
+    ServiceName.PROJECTS: 50051,
+    ServiceName.INGEST: 50052,
+    ServiceName.QUERY: 50053,
+    ServiceName.CRYPTO: 50054,
+    ServiceName.RATELIMIT: 8081,
+}
+
+
+class Settings(BaseSettings):
+    """Every setting of every service; each service reads the ones it needs."""
+
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+
+    environment: Literal["development", "test", "staging", "production"] = "development"
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    # Where this process listens; PORT overrides the service's default port.
+    listen_host: str = "127.0.0.1"
+    port: int | None = Field(default=None, ge=1, le=65535)
+
+    # Storage. Without DATABASE_URL each service uses its own SQLite file under DATA_DIR.
+    data_dir: Path = REPO_ROOT / "var"
+    database_url: str | None = None
+    redis_url: str | None = None
+    qdrant_url: str | None = None
+    qdrant_path: Path | None = None
+
+    # Addresses of the other services (host:port).
+    projects_addr: str = "127.0.0.1:50051"
+    ingest_addr: str = "127.0.0.1:50052"
+    query_addr: str = "127.0.0.1:50053"
+    crypto_addr: str = "127.0.0.1:50054"
+
+    # Monitoring.
+    sentry_dsn: str | None = None
+    sentry_traces_sample_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    otel_exporter_otlp_endpoint: str | None = None
+
+    # Crypto: the key that seals unlock tokens (base64 of 32 bytes). Required in production.
+    token_sealing_key: str | None = Field(default=None, repr=False)
+
+    # Ingest: allow fetching URLs on private/loopback addresses (tests and local demos only).
+    url_fetch_allow_private: bool = False
+
+    # How often readiness re-checks dependencies, in seconds.
+    health_check_interval: float = Field(default=5.0, gt=0, le=300)
+    # How long SIGTERM waits for in-flight calls, in seconds.
+    shutdown_grace: float = Field(default=10.0, ge=0, le=300)
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("postgresql", "sqlite")):
+            raise ValueError("must be a postgresql:// or sqlite:// URL")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a redis:// or rediss:// URL")
+        return value
+
+    @field_validator("projects_addr", "ingest_addr", "query_addr", "crypto_addr")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError("must be host:port")
+        return value
+
+    def listen_port(self, service: ServiceName) -> int:
+        return self.port or DEFAULT_PORTS[service]
+
+    @property
+    def index_path(self) -> Path:
+        return self.qdrant_path or self.data_dir / "qdrant"
+
+
+def load_settings() -> Settings:
+    """Reads the environment; exits with a clear message naming each bad variable."""
+    try:
+        return Settings()
+    except ValidationError as error:
+        lines = ["ContextCache configuration error:"]
+        for problem in error.errors():
+            variable = "_".join(str(part) for part in problem["loc"]).upper()
+            lines.append(f"  {variable}: {problem['msg']}")
+        print("\n".join(lines), file=sys.stderr)
+        raise SystemExit(2) from None

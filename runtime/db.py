@@ -1,0 +1,90 @@
+"""Database access shared by the services: engines, readiness probes and migrations.
+
+Each service owns its tables and its Alembic history (version table
+`alembic_version_<service>`), so services may share one PostgreSQL database or use their
+own. Without DATABASE_URL each service uses its own SQLite file under DATA_DIR.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import event, text
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from runtime.config import ServiceName, Settings
+from runtime.health import Dependency
+
+
+def database_url(settings: Settings, service: ServiceName) -> str:
+    """The async SQLAlchemy URL of a service's database."""
+    url = settings.database_url
+    if not url:
+        path = settings.data_dir / f"{service.value}.db"
+        return f"sqlite+aiosqlite:///{path}"
+    if url.startswith(("postgresql://", "postgres://")):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    if url.startswith("sqlite://"):
+        return "sqlite+aiosqlite://" + url.split("://", 1)[1]
+    return url
+
+
+def sync_url(url: str) -> str:
+    return url.replace("sqlite+aiosqlite://", "sqlite://")
+
+
+def database_kind(url: str) -> str:
+    return "sqlite" if url.startswith("sqlite") else "postgresql"
+
+
+def create_engine(url: str) -> AsyncEngine:
+    if url.startswith("sqlite"):
+        Path(url.split(":///", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+        return engine
+    return create_async_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=10,
+        max_overflow=10,
+        pool_timeout=10,
+        connect_args={"connect_timeout": 3},
+    )
+
+
+def database_dependency(engine: AsyncEngine) -> Dependency:
+    async def probe() -> None:
+        async with engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+
+    return Dependency("database", database_kind(str(engine.url)), probe)
+
+
+def alembic_config(service: ServiceName, url: str) -> Config:
+    migrations = Path(__file__).resolve().parent.parent / "services" / service.value / "migrations"
+    config = Config()
+    config.set_main_option("script_location", str(migrations))
+    config.set_main_option("sqlalchemy.url", sync_url(url).replace("%", "%%"))
+    config.attributes["version_table"] = f"alembic_version_{service.value}"
+    return config
+
+
+def upgrade(service: ServiceName, url: str) -> None:
+    """Applies the service's migrations up to head (blocking)."""
+    command.upgrade(alembic_config(service, url), "head")
+
+
+async def upgrade_async(service: ServiceName, url: str) -> None:
+    await asyncio.to_thread(upgrade, service, url)

@@ -1,0 +1,240 @@
+"""Server interceptors: validation, error mapping and request logging for every RPC.
+
+Order for each call: record context (request id, deadline) → validate the request against
+its protovalidate rules → run the handler → map errors to statuses → log one line and set
+`x-process-time` in trailing metadata. Never logs request or response bodies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+import protovalidate
+from google.protobuf.message import Message
+
+from runtime import context as call_context
+from runtime.errors import (
+    STATUS_DETAILS_KEY,
+    FieldViolation,
+    InvalidArgument,
+    ServiceError,
+)
+from runtime.telemetry import report_exception
+
+log = logging.getLogger("contextcache.rpc")
+_validator = protovalidate.Validator()
+QUIET_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+
+
+def field_path(violation: protovalidate.Violation) -> str:
+    parts: list[str] = []
+    for element in violation.proto.field.elements:
+        part = element.field_name
+        which = element.WhichOneof("subscript") if hasattr(element, "WhichOneof") else None
+        if which:
+            part += f"[{getattr(element, which)}]"
+        parts.append(part)
+    return ".".join(parts)
+
+
+def validate(request: Message) -> None:
+    """Raises InvalidArgument with one field violation per broken rule."""
+    if not request.DESCRIPTOR.full_name.startswith("contextcache."):
+        return
+    violations = _validator.collect_violations(request)
+    if not violations:
+        return
+    details = [FieldViolation(field_path(v), v.proto.message, v.proto.rule_id) for v in violations]
+    if len(details) == 1:
+        message = details[0].description
+        if not message[:1].isupper():
+            message = f"{details[0].field}: {message}"
+    else:
+        message = "; ".join(f"{d.field}: {d.description}" for d in details)
+    raise InvalidArgument(message, details)
+
+
+class _Call:
+    """Bookkeeping of one RPC: timing, outcome, the log line and trailing metadata."""
+
+    def __init__(self, method: str, context: grpc.aio.ServicerContext) -> None:
+        self.method = method
+        self.context = context
+        self.started = time.perf_counter()
+        self.code = grpc.StatusCode.OK
+        metadata = dict(context.invocation_metadata() or ())
+        self.request_id = metadata.get("x-request-id") or uuid.uuid4().hex
+        call_context.request_id.set(self.request_id)
+        remaining = context.time_remaining()
+        call_context.deadline.set(None if remaining is None else time.monotonic() + remaining)
+
+    async def fail(self, error: BaseException) -> None:
+        """Aborts the call with the status for `error` (re-raises the AbortError)."""
+        if isinstance(error, ServiceError):
+            self.code = error.code
+            status = error.to_status()
+            await self.context.abort(
+                error.code,
+                error.message,
+                trailing_metadata=((STATUS_DETAILS_KEY, status.SerializeToString()),),
+            )
+        reference = uuid.uuid4().hex[:12]
+        self.code = grpc.StatusCode.INTERNAL
+        log.error(
+            "unexpected error in %s (reference %s)",
+            self.method,
+            reference,
+            exc_info=error,
+            extra={"reference": reference, "request_id": self.request_id},
+        )
+        report_exception(error, reference)
+        await self.context.abort(
+            grpc.StatusCode.INTERNAL, f"Internal error. Reference: {reference}"
+        )
+
+    def finish(self, aborted: bool = False) -> None:
+        if aborted and self.code == grpc.StatusCode.OK:
+            self.code = _code_of(self.context)
+        elapsed = time.perf_counter() - self.started
+        trailing = tuple(self.context.trailing_metadata() or ())
+        self.context.set_trailing_metadata(
+            tuple(kv for kv in trailing if kv[0] != "x-process-time")
+            + (("x-process-time", f"{elapsed:.6f}"),)
+        )
+        level = logging.DEBUG if self.method.startswith(QUIET_PREFIXES) else logging.INFO
+        log.log(
+            level,
+            "%s %s %.1fms peer=%s request_id=%s",
+            self.method,
+            self.code.name,
+            elapsed * 1000,
+            self.context.peer(),
+            self.request_id,
+            extra={
+                "rpc_method": self.method,
+                "rpc_code": self.code.name,
+                "duration_ms": round(elapsed * 1000, 3),
+                "peer": self.context.peer(),
+                "request_id": self.request_id,
+            },
+        )
+
+
+def _code_of(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
+    code = context.code()
+    if isinstance(code, grpc.StatusCode):
+        return code
+    for candidate in grpc.StatusCode:
+        if candidate.value[0] == code:
+            return candidate
+    return grpc.StatusCode.UNKNOWN
+
+
+def _wrap_unary(method: str, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
+    async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        call = _Call(method, context)
+        aborted = False
+        try:
+            validate(request)
+            return await behavior(request, context)
+        except grpc.aio.AbortError:
+            aborted = True
+            raise
+        except asyncio.CancelledError:
+            call.code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception as error:  # noqa: BLE001 — every failure gets a status
+            aborted = True
+            await call.fail(error)
+        finally:
+            call.finish(aborted)
+
+    return handle
+
+
+def _wrap_unary_stream(method: str, behavior: Callable[..., AsyncIterator[Any]]) -> Callable:
+    async def handle(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        call = _Call(method, context)
+        aborted = False
+        try:
+            validate(request)
+            async for response in behavior(request, context):
+                yield response
+        except grpc.aio.AbortError:
+            aborted = True
+            raise
+        except asyncio.CancelledError:
+            call.code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception as error:  # noqa: BLE001
+            aborted = True
+            await call.fail(error)
+        finally:
+            call.finish(aborted)
+
+    return handle
+
+
+def _wrap_stream(method: str, behavior: Callable[..., Any]) -> Callable:
+    """Streaming requests (reflection): logged and error-mapped, not validated."""
+
+    async def handle(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        call = _Call(method, context)
+        aborted = False
+        try:
+            result = behavior(requests, context)
+            if hasattr(result, "__aiter__"):
+                async for response in result:
+                    yield response
+            else:
+                yield await result
+        except grpc.aio.AbortError:
+            aborted = True
+            raise
+        except asyncio.CancelledError:
+            call.code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception as error:  # noqa: BLE001
+            aborted = True
+            await call.fail(error)
+        finally:
+            call.finish(aborted)
+
+    return handle
+
+
+class RpcInterceptor(grpc.aio.ServerInterceptor):
+    """Applies validation, error mapping and request logging to every handler."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        kwargs = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                _wrap_unary(method, handler.unary_unary), **kwargs
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                _wrap_unary_stream(method, handler.unary_stream), **kwargs
+            )
+        if handler.stream_stream:
+            return grpc.stream_stream_rpc_method_handler(
+                _wrap_stream(method, handler.stream_stream), **kwargs
+            )
+        return handler

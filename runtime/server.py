@@ -1,0 +1,138 @@
+"""grpc.aio server bootstrap shared by every service.
+
+A service supplies a `ServiceApp` (its servicers, dependencies and start/stop hooks); this
+module adds the interceptors, health, reflection, keepalive and message-size options, and
+runs it until SIGTERM/SIGINT, then drains in-flight calls and stops cleanly.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import logging
+import signal
+from collections.abc import Callable, Sequence
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from opentelemetry.instrumentation.grpc import aio_server_interceptor
+
+from runtime.config import ServiceName, Settings, load_settings
+from runtime.health import Dependency, Readiness
+from runtime.interceptors import RpcInterceptor
+from runtime.logs import configure_logging
+from runtime.protos import SERVICE_NAMES
+from runtime.telemetry import configure_sentry, configure_tracing
+
+log = logging.getLogger(__name__)
+
+MB = 1024 * 1024
+
+
+class ServiceApp(abc.ABC):
+    """What a service plugs into the runtime. Subclasses set the fields and hooks."""
+
+    name: ServiceName
+    # Full names of the gRPC services this app serves (health names).
+    service_names: Sequence[str] = ()
+    # Largest request this service accepts (ingest raises it for 50 MB uploads).
+    max_receive_bytes: int = 4 * MB
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.readiness = Readiness(self.service_names, [], settings.environment)
+
+    def dependencies(self) -> list[Dependency]:
+        return []
+
+    @abc.abstractmethod
+    def register(self, server: grpc.aio.Server) -> None:
+        """Adds the service's servicers to the server."""
+
+    async def start(self) -> None:
+        """Opens databases, channels, indexes; runs migrations in the embedded default."""
+
+    async def stop(self) -> None:
+        """Closes what start() opened."""
+
+
+def server_options(max_receive_bytes: int) -> list[tuple[str, int]]:
+    return [
+        ("grpc.keepalive_time_ms", 60_000),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.max_connection_age_ms", 30 * 60_000),
+        ("grpc.max_connection_age_grace_ms", 60_000),
+        ("grpc.max_connection_idle_ms", 10 * 60_000),
+        ("grpc.max_receive_message_length", max_receive_bytes),
+        ("grpc.max_send_message_length", 64 * MB),
+    ]
+
+
+class Server:
+    """One service's gRPC server with the shared runtime around it."""
+
+    def __init__(self, app: ServiceApp) -> None:
+        self.app = app
+        self.settings = app.settings
+        self.port = 0
+        self.server = grpc.aio.server(
+            interceptors=[aio_server_interceptor(), RpcInterceptor()],
+            options=server_options(app.max_receive_bytes),
+        )
+
+    async def start(self, host: str | None = None, port: int | None = None) -> int:
+        await self.app.start()
+        readiness = self.app.readiness
+        readiness.dependencies = self.app.dependencies()
+        self.app.register(self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(readiness.servicer, self.server)
+        reflection.enable_server_reflection(
+            (
+                *SERVICE_NAMES,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            self.server,
+        )
+        host = host or self.settings.listen_host
+        port = self.settings.listen_port(self.app.name) if port is None else port
+        self.port = self.server.add_insecure_port(f"{host}:{port}")
+        if not self.port:
+            raise RuntimeError(f"cannot listen on {host}:{port}")
+        await self.server.start()
+        await readiness.start(self.settings.health_check_interval)
+        log.info("%s listening on %s:%d", self.app.name.value, host, self.port)
+        return self.port
+
+    async def stop(self, grace: float | None = None) -> None:
+        await self.app.readiness.stop()
+        await self.server.stop(self.settings.shutdown_grace if grace is None else grace)
+        await self.app.stop()
+
+    async def wait(self) -> None:
+        await self.server.wait_for_termination()
+
+
+async def serve(app: ServiceApp) -> None:
+    server = Server(app)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    await server.start()
+    await stopping.wait()
+    log.info("%s shutting down", app.name.value)
+    await server.stop()
+
+
+def run(service: ServiceName, factory: Callable[[Settings], ServiceApp]) -> None:
+    """The `python -m services.<name>` entry point."""
+    settings = load_settings()
+    configure_logging(settings.log_format, settings.log_level, service.value)
+    configure_tracing(settings, service.value)
+    if configure_sentry(settings, service.value):
+        log.info("Sentry error reporting enabled")
+    asyncio.run(serve(factory(settings)))
