@@ -74,39 +74,38 @@ class _Call:
         remaining = context.time_remaining()
         call_context.deadline.set(None if remaining is None else time.monotonic() + remaining)
 
+    def _process_time(self) -> tuple[str, str]:
+        return ("x-process-time", f"{time.perf_counter() - self.started:.6f}")
+
     async def fail(self, error: BaseException) -> None:
         """Aborts the call with the status for `error` (re-raises the AbortError)."""
+        details: tuple[tuple[str, bytes], ...] = ()
         if isinstance(error, ServiceError):
-            self.code = error.code
-            status = error.to_status()
-            await self.context.abort(
-                error.code,
-                error.message,
-                trailing_metadata=((STATUS_DETAILS_KEY, status.SerializeToString()),),
+            self.code, message = error.code, error.message
+            details = ((STATUS_DETAILS_KEY, error.to_status().SerializeToString()),)
+        elif isinstance(error, NotImplementedError):
+            self.code, message = grpc.StatusCode.UNIMPLEMENTED, "Method not implemented yet"
+        else:
+            reference = uuid.uuid4().hex[:12]
+            self.code, message = grpc.StatusCode.INTERNAL, f"Internal error. Reference: {reference}"
+            log.error(
+                "unexpected error in %s (reference %s)",
+                self.method,
+                reference,
+                exc_info=error,
+                extra={"reference": reference, "request_id": self.request_id},
             )
-        reference = uuid.uuid4().hex[:12]
-        self.code = grpc.StatusCode.INTERNAL
-        log.error(
-            "unexpected error in %s (reference %s)",
-            self.method,
-            reference,
-            exc_info=error,
-            extra={"reference": reference, "request_id": self.request_id},
-        )
-        report_exception(error, reference)
+            report_exception(error, reference)
         await self.context.abort(
-            grpc.StatusCode.INTERNAL, f"Internal error. Reference: {reference}"
+            self.code, message, trailing_metadata=(*details, self._process_time())
         )
 
     def finish(self, aborted: bool = False) -> None:
         if aborted and self.code == grpc.StatusCode.OK:
             self.code = _code_of(self.context)
+        if not aborted:
+            self.context.set_trailing_metadata((self._process_time(),))
         elapsed = time.perf_counter() - self.started
-        trailing = tuple(self.context.trailing_metadata() or ())
-        self.context.set_trailing_metadata(
-            tuple(kv for kv in trailing if kv[0] != "x-process-time")
-            + (("x-process-time", f"{elapsed:.6f}"),)
-        )
         level = logging.DEBUG if self.method.startswith(QUIET_PREFIXES) else logging.INFO
         log.log(
             level,
