@@ -59,6 +59,24 @@ class Settings(BaseSettings):
     ingest_addr: str = "127.0.0.1:50052"
     query_addr: str = "127.0.0.1:50053"
     crypto_addr: str = "127.0.0.1:50054"
+    ratelimit_addr: str = "127.0.0.1:8081"
+
+    # Gateway (Envoy), rendered from envoy/envoy.yaml by runtime.gateway.
+    # Browser origins allowed by CORS, comma-separated ("*" allows any origin).
+    cors_origins: str = "http://localhost:3000,http://127.0.0.1:3000"
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = Field(default=8080, ge=1, le=65535)
+    gateway_admin_port: int = Field(default=9901, ge=1, le=65535)
+    # Seconds between Envoy's gRPC health checks of each upstream.
+    gateway_health_check_interval: float = Field(default=5.0, gt=0, le=300)
+    # Envoy-wide token bucket (requests per second) that holds if the ratelimit service is down.
+    gateway_local_rate_limit: int = Field(default=200, ge=1)
+
+    # Rate limiting: the rules file (envoyproxy/ratelimit format), the Redis key prefix and
+    # how often, in seconds, to try Redis again while counting in memory.
+    ratelimit_rules: Path = REPO_ROOT / "envoy" / "ratelimit.yaml"
+    ratelimit_key_prefix: str = Field(default="ratelimit", min_length=1)
+    ratelimit_redis_retry: float = Field(default=5.0, gt=0, le=300)
 
     # Monitoring.
     sentry_dsn: str | None = None
@@ -90,13 +108,17 @@ class Settings(BaseSettings):
             raise ValueError("must be a redis:// or rediss:// URL")
         return value
 
-    @field_validator("projects_addr", "ingest_addr", "query_addr", "crypto_addr")
+    @field_validator("projects_addr", "ingest_addr", "query_addr", "crypto_addr", "ratelimit_addr")
     @classmethod
     def _host_port(cls, value: str) -> str:
         host, _, port = value.rpartition(":")
         if not host or not port.isdigit():
             raise ValueError("must be host:port")
         return value
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
 
     def listen_port(self, service: ServiceName) -> int:
         return self.port or DEFAULT_PORTS[service]
