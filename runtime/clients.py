@@ -7,7 +7,8 @@ the process that uses them (never before an RQ fork).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import grpc
@@ -81,3 +82,54 @@ def grpc_dependency(name: str, channel: grpc.aio.Channel, service: str) -> Depen
             raise RuntimeError("not serving")
 
     return Dependency(name, "grpc", probe)
+
+
+_PASSED_THROUGH = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.ALREADY_EXISTS,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.DATA_LOSS,
+    grpc.StatusCode.ABORTED,
+}
+
+
+def remote_error(error: grpc.aio.AioRpcError, service: str) -> Exception:
+    """The error to raise for a failed call to another service.
+
+    Errors the caller caused (bad input, bad token, wrong passphrase…) pass through with
+    their code, message and details; an unreachable service becomes UNAVAILABLE; anything
+    else stays unexpected (INTERNAL with a reference id).
+    """
+    from runtime.errors import ServiceError, Unavailable
+
+    code = error.code()
+    if code in _PASSED_THROUGH:
+        passed = ServiceError(error.details() or code.name)
+        passed.code = code
+        passed.remote_status = _status_details(error)
+        return passed
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return Unavailable(f"The {service} service is unavailable. Try again shortly")
+    return RuntimeError(f"{service} call failed with {code.name}")
+
+
+def _status_details(error: grpc.aio.AioRpcError) -> bytes | None:
+    from runtime.errors import STATUS_DETAILS_KEY
+
+    for key, value in error.trailing_metadata() or ():
+        if key == STATUS_DETAILS_KEY:
+            return value
+    return None
+
+
+@contextlib.asynccontextmanager
+async def calling(service: str) -> AsyncIterator[None]:
+    """Turns a failed call to `service` into the error this service should raise."""
+    try:
+        yield
+    except grpc.aio.AioRpcError as error:
+        raise remote_error(error, service) from error

@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     # Storage. Without DATABASE_URL each service uses its own SQLite file under DATA_DIR.
     data_dir: Path = REPO_ROOT / "var"
     database_url: str | None = None
+    # Apply the service's migrations when it starts (Kubernetes runs a migration Job instead).
+    migrate_on_start: bool = True
     redis_url: str | None = None
     qdrant_url: str | None = None
     qdrant_path: Path | None = None

@@ -31,8 +31,12 @@ class ServiceError(Exception):
         super().__init__(message)
         self.message = message
         self.violations = tuple(violations)
+        # The serialized google.rpc.Status of an error passed through from another service.
+        self.remote_status: bytes | None = None
 
     def to_status(self) -> status_pb2.Status:
+        if self.remote_status:
+            return status_pb2.Status.FromString(self.remote_status)
         status = status_pb2.Status(code=self.code.value[0], message=self.message)
         if self.violations:
             bad_request = error_details_pb2.BadRequest(

@@ -4,11 +4,22 @@ from __future__ import annotations
 
 import grpc
 
-from contextcache.v1 import projects_pb2_grpc
+from contextcache.v1 import (
+    crypto_pb2_grpc,
+    ingest_pb2_grpc,
+    projects_pb2_grpc,
+    query_pb2_grpc,
+)
+from runtime.clients import grpc_dependency, open_channel
 from runtime.config import ServiceName, Settings
-from runtime.protos import PROJECT_SERVICE
+from runtime.db import create_engine, database_dependency, database_url, upgrade_async
+from runtime.health import Dependency
+from runtime.protos import CRYPTO_SERVICE, INGEST_SERVICE, PROJECT_SERVICE, QUERY_SERVICE
 from runtime.server import ServiceApp
+from runtime.tokens import TokenVerifier
+from services.projects.deletion import ProjectDeletion
 from services.projects.servicer import ProjectServicer
+from services.projects.store import ProjectStore
 
 
 class ProjectsApp(ServiceApp):
@@ -17,6 +28,44 @@ class ProjectsApp(ServiceApp):
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
+        self.url = database_url(settings, self.name)
+
+    async def start(self) -> None:
+        if self.settings.migrate_on_start:
+            await upgrade_async(self.name, self.url)
+        self.engine = create_engine(self.url)
+        self.store = ProjectStore(self.engine)
+        self.channels = {
+            "crypto": open_channel(self.settings.crypto_addr),
+            "ingest": open_channel(self.settings.ingest_addr),
+            "query": open_channel(self.settings.query_addr),
+        }
+        self.crypto = crypto_pb2_grpc.CryptoServiceStub(self.channels["crypto"])
+        self.ingest = ingest_pb2_grpc.IngestServiceStub(self.channels["ingest"])
+        self.query = query_pb2_grpc.QueryServiceStub(self.channels["query"])
+        self.tokens = TokenVerifier(self.crypto)
+        self.deletion = ProjectDeletion(self.store, self.crypto, self.ingest, self.query)
+        self.deletion.start()
+
+    async def stop(self) -> None:
+        await self.deletion.stop()
+        for channel in self.channels.values():
+            await channel.close()
+        await self.engine.dispose()
+
+    def dependencies(self) -> list[Dependency]:
+        optional = [
+            grpc_dependency(name, self.channels[name], service)
+            for name, service in (
+                ("crypto", CRYPTO_SERVICE),
+                ("ingest", INGEST_SERVICE),
+                ("query", QUERY_SERVICE),
+            )
+        ]
+        return [
+            database_dependency(self.engine),
+            *(Dependency(d.name, d.type, d.probe, required=False) for d in optional),
+        ]
 
     def register(self, server: grpc.aio.Server) -> None:
         projects_pb2_grpc.add_ProjectServiceServicer_to_server(ProjectServicer(self), server)

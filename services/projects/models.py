@@ -1,0 +1,56 @@
+"""Tables owned by the project service: projects (with their keyring) and pending deletions.
+
+The keyring is stored as CryptoService returned it (wrapped keys only); nothing here can
+decrypt content without the passphrase.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import DateTime, Index, Integer, LargeBinary, MetaData, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(column_0_label)s",
+            "uq": "uq_%(table_name)s_%(column_0_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+
+
+class ProjectRow(Base):
+    __tablename__ = "projects"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str] = mapped_column(Text, default="")
+    state: Mapped[str] = mapped_column(String(16), default="active")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    salt: Mapped[bytes] = mapped_column(LargeBinary(16))
+    public_key: Mapped[bytes] = mapped_column(LargeBinary(32))
+    # The serialized contextcache.v1.Keyring (wrapped keys, KDF parameters).
+    keyring: Mapped[bytes] = mapped_column(LargeBinary)
+    keyring_version: Mapped[int] = mapped_column(Integer, default=1)
+
+    __table_args__ = (Index("ix_projects_created_id", "created_at", "id"),)
+
+
+class ProjectDeletionRow(Base):
+    """A DeleteProject that was accepted and is being carried out in every service."""
+
+    __tablename__ = "project_deletions"
+
+    project_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    requested_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # Steps done so far, comma-separated: "audit", "ingest", "query".
+    steps_done: Mapped[str] = mapped_column(String(200), default="")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # The caller's unlock token, as sealed by CryptoService (opaque here), for the audit event.
+    sealed_token: Mapped[str | None] = mapped_column(Text, nullable=True)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
