@@ -12,6 +12,8 @@ PIP := $(VENV)/bin/pip
 BUF := $(VENV)/bin/buf
 GEN := gen
 PROTO_FILES := $(wildcard protos/contextcache/v1/*.proto)
+# Our wire-compatible subset of Envoy's rate limit service API (services/ratelimit).
+RLS_PROTO_FILES := $(wildcard protos/envoy_rls/*.proto)
 VALIDATE_DESC := build/protovalidate.binpb
 IMAGE := build/contextcache.binpb
 
@@ -35,12 +37,14 @@ install: $(VENV)/.installed protos ## Create the virtualenv with pinned dependen
 $(VALIDATE_DESC): $(VENV)/.installed tools/protovalidate_descriptor.py
 	$(PY) tools/protovalidate_descriptor.py $@
 
-$(GEN)/.stamp: $(PROTO_FILES) $(VALIDATE_DESC)
+$(GEN)/.stamp: $(PROTO_FILES) $(RLS_PROTO_FILES) $(VALIDATE_DESC)
 	rm -rf $(GEN) && mkdir -p $(GEN)
 	$(PY) -m grpc_tools.protoc --descriptor_set_in=$(VALIDATE_DESC) --python_out=$(GEN) --pyi_out=$(GEN) \
 	  buf/validate/validate.proto
 	$(PY) -m grpc_tools.protoc --descriptor_set_in=$(VALIDATE_DESC) -Iprotos \
 	  --python_out=$(GEN) --pyi_out=$(GEN) --grpc_python_out=$(GEN) $(PROTO_FILES:protos/%=%)
+	$(PY) -m grpc_tools.protoc -Iprotos \
+	  --python_out=$(GEN) --pyi_out=$(GEN) --grpc_python_out=$(GEN) $(RLS_PROTO_FILES:protos/%=%)
 	$(PY) -m grpc_tools.protoc --descriptor_set_in=$(VALIDATE_DESC) -Iprotos \
 	  --include_imports --include_source_info -o $(IMAGE) $(PROTO_FILES:protos/%=%)
 	touch $@
