@@ -91,7 +91,8 @@ class Server:
         health_pb2_grpc.add_HealthServicer_to_server(readiness.servicer, self.server)
         reflection.enable_server_reflection(
             (
-                *SERVICE_NAMES,
+                # Every ContextCache service, plus any other API this app serves (ratelimit).
+                *dict.fromkeys((*SERVICE_NAMES, *self.app.service_names)),
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ),
