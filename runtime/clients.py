@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import grpc
-from opentelemetry.instrumentation.grpc import aio_client_interceptors
+from opentelemetry.instrumentation.grpc import aio_client_interceptors, filters
 
 from runtime import context as call_context
 from runtime.health import Dependency
@@ -66,7 +66,10 @@ def open_channel(address: str) -> grpc.aio.Channel:
     return grpc.aio.insecure_channel(
         address,
         options=CHANNEL_OPTIONS,
-        interceptors=[*aio_client_interceptors(), DeadlinePropagation()],
+        interceptors=[
+            *aio_client_interceptors(filter_=filters.negate(filters.health_check())),
+            DeadlinePropagation(),
+        ],
     )
 
 

@@ -40,9 +40,14 @@ def database_kind(url: str) -> str:
     return "sqlite" if url.startswith("sqlite") else "postgresql"
 
 
+def _ensure_sqlite_dir(url: str) -> None:
+    if url.startswith("sqlite") and ":///" in url:
+        Path(url.split(":///", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
+
+
 def create_engine(url: str) -> AsyncEngine:
     if url.startswith("sqlite"):
-        Path(url.split(":///", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
+        _ensure_sqlite_dir(url)
         engine = create_async_engine(url, connect_args={"timeout": 30})
 
         @event.listens_for(engine.sync_engine, "connect")
@@ -83,6 +88,7 @@ def alembic_config(service: ServiceName, url: str) -> Config:
 
 def upgrade(service: ServiceName, url: str) -> None:
     """Applies the service's migrations up to head (blocking)."""
+    _ensure_sqlite_dir(url)
     command.upgrade(alembic_config(service, url), "head")
 
 

@@ -8,6 +8,8 @@ its protovalidate rules → run the handler → map errors to statuses → log o
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import inspect
 import logging
 import time
 import uuid
@@ -135,75 +137,47 @@ def _code_of(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
     return grpc.StatusCode.UNKNOWN
 
 
-def _wrap_unary(method: str, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
+@contextlib.asynccontextmanager
+async def _guard(call: _Call) -> AsyncIterator[None]:
+    """Maps whatever the handler raises to a status, then logs the call."""
+    aborted = False
+    try:
+        yield
+    except grpc.aio.AbortError:
+        aborted = True
+        raise
+    except asyncio.CancelledError:
+        call.code = grpc.StatusCode.CANCELLED
+        raise
+    except Exception as error:  # noqa: BLE001 — every failure gets a status
+        aborted = True
+        await call.fail(error)
+    finally:
+        call.finish(aborted)
+
+
+def _wrap(method: str, behavior: Callable[..., Any], unary_request: bool) -> Callable[..., Any]:
+    """Wraps a handler; async-generator handlers stay generators, others stay coroutines
+    (those may stream with context.write, like the health service's Watch)."""
+    if inspect.isasyncgenfunction(behavior):
+
+        async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            call = _Call(method, context)
+            async with _guard(call):
+                if unary_request:
+                    validate(request)
+                async for response in behavior(request, context):
+                    yield response
+
+        return stream
+
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
         call = _Call(method, context)
-        aborted = False
-        try:
-            validate(request)
+        async with _guard(call):
+            if unary_request:
+                validate(request)
             return await behavior(request, context)
-        except grpc.aio.AbortError:
-            aborted = True
-            raise
-        except asyncio.CancelledError:
-            call.code = grpc.StatusCode.CANCELLED
-            raise
-        except Exception as error:  # noqa: BLE001 — every failure gets a status
-            aborted = True
-            await call.fail(error)
-        finally:
-            call.finish(aborted)
-
-    return handle
-
-
-def _wrap_unary_stream(method: str, behavior: Callable[..., AsyncIterator[Any]]) -> Callable:
-    async def handle(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        call = _Call(method, context)
-        aborted = False
-        try:
-            validate(request)
-            async for response in behavior(request, context):
-                yield response
-        except grpc.aio.AbortError:
-            aborted = True
-            raise
-        except asyncio.CancelledError:
-            call.code = grpc.StatusCode.CANCELLED
-            raise
-        except Exception as error:  # noqa: BLE001
-            aborted = True
-            await call.fail(error)
-        finally:
-            call.finish(aborted)
-
-    return handle
-
-
-def _wrap_stream(method: str, behavior: Callable[..., Any]) -> Callable:
-    """Streaming requests (reflection): logged and error-mapped, not validated."""
-
-    async def handle(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        call = _Call(method, context)
-        aborted = False
-        try:
-            result = behavior(requests, context)
-            if hasattr(result, "__aiter__"):
-                async for response in result:
-                    yield response
-            else:
-                yield await result
-        except grpc.aio.AbortError:
-            aborted = True
-            raise
-        except asyncio.CancelledError:
-            call.code = grpc.StatusCode.CANCELLED
-            raise
-        except Exception as error:  # noqa: BLE001
-            aborted = True
-            await call.fail(error)
-        finally:
-            call.finish(aborted)
+        return None  # reached only when the call was aborted (the guard re-raises)
 
     return handle
 
@@ -226,14 +200,16 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
         }
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(method, handler.unary_unary), **kwargs
+                _wrap(method, handler.unary_unary, unary_request=True), **kwargs
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_unary_stream(method, handler.unary_stream), **kwargs
+                _wrap(method, handler.unary_stream, unary_request=True), **kwargs
             )
-        if handler.stream_stream:
-            return grpc.stream_stream_rpc_method_handler(
-                _wrap_stream(method, handler.stream_stream), **kwargs
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                _wrap(method, handler.stream_unary, unary_request=False), **kwargs
             )
-        return handler
+        return grpc.stream_stream_rpc_method_handler(
+            _wrap(method, handler.stream_stream, unary_request=False), **kwargs
+        )

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from opentelemetry.instrumentation.grpc import aio_server_interceptor
+from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 
 from runtime.config import ServiceName, Settings, load_settings
 from runtime.health import Dependency, Readiness
@@ -28,6 +28,11 @@ from runtime.telemetry import configure_sentry, configure_tracing
 log = logging.getLogger(__name__)
 
 MB = 1024 * 1024
+# Health probes and reflection are not traced: noise, and the health Watch streams with
+# context.write, which the OpenTelemetry aio interceptor cannot wrap.
+UNTRACED = filters.negate(
+    filters.any_of(filters.health_check(), filters.service_prefix("grpc.reflection"))
+)
 
 
 class ServiceApp(abc.ABC):
@@ -79,7 +84,7 @@ class Server:
         self.settings = app.settings
         self.port = 0
         self.server = grpc.aio.server(
-            interceptors=[aio_server_interceptor(), RpcInterceptor()],
+            interceptors=[aio_server_interceptor(filter_=UNTRACED), RpcInterceptor()],
             options=server_options(app.max_receive_bytes),
         )
 

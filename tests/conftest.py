@@ -1,0 +1,179 @@
+"""Shared test harness: settings, real PostgreSQL/Redis, in-process servers on free ports.
+
+Servers are the real services (`runtime.server.Server` around each app) listening on
+127.0.0.1; tests talk to them through generated stubs over real sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import grpc
+import psycopg
+import pytest
+import redis
+
+from runtime.config import Settings
+from runtime.server import Server, ServiceApp
+
+PG_ADMIN = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def postgres_available() -> bool:
+    try:
+        with psycopg.connect(PG_ADMIN, connect_timeout=2):
+            return True
+    except psycopg.Error:
+        return False
+
+
+def redis_available() -> bool:
+    try:
+        return bool(redis.Redis.from_url(REDIS, socket_timeout=2).ping())
+    except redis.RedisError:
+        return False
+
+
+@contextlib.contextmanager
+def fresh_database() -> AsyncIterator[str]:
+    """A new, empty PostgreSQL database for one test; dropped afterwards."""
+    name = f"cc_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def postgres_url() -> str:
+    if not postgres_available():
+        pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN} (start it: see README)")
+    with fresh_database() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> str | None:
+    """Runs a test on the embedded default (SQLite) and on the real PostgreSQL."""
+    if request.param == "sqlite":
+        yield None
+        return
+    if not postgres_available():
+        pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN} (start it: see README)")
+    with fresh_database() as url:
+        yield url
+
+
+@pytest.fixture
+def redis_url() -> str:
+    if not redis_available():
+        pytest.fail(f"Redis is not reachable at {REDIS} (start it: see README)")
+    return REDIS
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path) -> Callable[..., Settings]:
+    def build(**overrides: object) -> Settings:
+        values: dict[str, object] = {
+            "environment": "test",
+            "data_dir": tmp_path / "var",
+            "health_check_interval": 0.3,
+            "shutdown_grace": 0.5,
+            "argon2_memory_kib": 8192,
+            "argon2_time_cost": 1,
+        }
+        values.update(overrides)
+        return Settings(**values)
+
+    return build
+
+
+@contextlib.asynccontextmanager
+async def running(app: ServiceApp, port: int = 0) -> AsyncIterator[Server]:
+    server = Server(app)
+    await server.start(host="127.0.0.1", port=port)
+    try:
+        yield server
+    finally:
+        await server.stop(grace=0.2)
+
+
+@contextlib.asynccontextmanager
+async def channel_to(port: int) -> AsyncIterator[grpc.aio.Channel]:
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        yield channel
+    finally:
+        await channel.close()
+
+
+class TcpProxy:
+    """A loopback TCP proxy a test can cut and restore (a dependency "going away")."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.port = free_port()
+        self._server: asyncio.base_events.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        for writer in list(self._writers):
+            writer.close()
+        self._writers.clear()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.close()
+            return
+        self._writers.update((writer, up_writer))
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+
+async def eventually(check: Callable[[], object], timeout: float = 10.0, every: float = 0.1):
+    """Polls an async or sync check until it returns a truthy value (bounded in time)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(every)
