@@ -56,7 +56,7 @@ def validate(request: Message) -> None:
     if len(details) == 1:
         message = details[0].description
         if not message[:1].isupper():
-            message = f"{details[0].field}: {message}"
+            message = f"{details[0].field} {message}"
     else:
         message = "; ".join(f"{d.field}: {d.description}" for d in details)
     raise InvalidArgument(message, details)

@@ -75,7 +75,6 @@ def configure_sentry(settings: Settings, service: str) -> bool:
         environment=settings.environment,
         release=f"contextcache@{VERSION}",
         traces_sample_rate=settings.sentry_traces_sample_rate,
-        send_default_pii=False,
         include_local_variables=False,
         max_request_body_size="never",
         before_send=_scrub,
