@@ -130,10 +130,11 @@ def main() -> int:
     stack = Stack(settings)
     try:
         stack.start()
+        gateway = f"{settings.gateway_host}:{settings.gateway_port}"
         print(
-            "\nContextCache is running: gRPC and gRPC-Web on "
-            f"{settings.gateway_host}:{settings.gateway_port} (Envoy; admin 127.0.0.1:{settings.gateway_admin_port}).\n"
-            "Try: .venv/bin/grpcurl -plaintext 127.0.0.1:8080 list    — Ctrl-C stops everything.\n",
+            f"\nContextCache is running: gRPC and gRPC-Web on {gateway} (Envoy; admin "
+            f"127.0.0.1:{settings.gateway_admin_port}).\n"
+            f"Try: .venv/bin/grpcurl -plaintext {gateway} list    — Ctrl-C stops everything.\n",
             flush=True,
         )
         while not stopping:
