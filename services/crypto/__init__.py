@@ -1,0 +1,1 @@
+"""The crypto service: keyrings, unlock tokens, content encryption and the audit log."""
