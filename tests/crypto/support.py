@@ -44,7 +44,11 @@ class RunningCrypto:
         self.port = asyncio.run_coroutine_threadsafe(start(), self.loop).result(60)
         self.address = f"127.0.0.1:{self.port}"
         self.channel = grpc.insecure_channel(
-            self.address, options=[("grpc.max_send_message_length", 64 * 1024 * 1024)]
+            self.address,
+            options=[
+                ("grpc.max_send_message_length", 64 * 1024 * 1024),
+                ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+            ],
         )
         self.stub = crypto_pb2_grpc.CryptoServiceStub(self.channel)
 
