@@ -96,6 +96,9 @@ def envoy_command(
         "-c",
         str(config_path),
         "--disable-hot-restart",
+        # Access log lines reach stdout within a second (Envoy's default is 10 s).
+        "--file-flush-interval-msec",
+        "1000",
         "--log-level",
         log_level,
     ]
