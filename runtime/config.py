@@ -90,6 +90,11 @@ class Settings(BaseSettings):
 
     # Ingest: allow fetching URLs on private/loopback addresses (tests and local demos only).
     url_fetch_allow_private: bool = False
+    # Ingest: a queued or processing document whose lease (seconds) lapses is run again, up
+    # to INGEST_MAX_ATTEMPTS times; the reaper looks for such documents every interval.
+    ingest_lease_seconds: float = Field(default=60.0, ge=1, le=3600)
+    ingest_max_attempts: int = Field(default=3, ge=1, le=20)
+    ingest_reaper_interval: float = Field(default=10.0, gt=0, le=3600)
 
     # How often readiness re-checks dependencies, in seconds.
     health_check_interval: float = Field(default=5.0, gt=0, le=300)

@@ -156,17 +156,65 @@ async def _guard(call: _Call) -> AsyncIterator[None]:
         call.finish(aborted)
 
 
-def _wrap(method: str, behavior: Callable[..., Any], unary_request: bool) -> Callable[..., Any]:
-    """Wraps a handler; async-generator handlers stay generators, others stay coroutines
-    (those may stream with context.write, like the health service's Watch)."""
-    if inspect.isasyncgenfunction(behavior):
+class _WritesAsYields:
+    """The handler's context, except that `write()` hands messages to a queue.
+
+    Lets a handler that streams with `await context.write(...)` (the stock health service's
+    Watch) run as an async generator, which every interceptor around ours expects.
+    """
+
+    END = object()
+
+    def __init__(self, context: grpc.aio.ServicerContext) -> None:
+        self._context = context
+        self.queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=16)
+
+    async def write(self, message: Any) -> None:
+        await self.queue.put(message)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+
+async def _as_generator(
+    behavior: Callable[..., Any], request: Any, context: grpc.aio.ServicerContext
+) -> AsyncIterator[Any]:
+    writer = _WritesAsYields(context)
+
+    async def run() -> Any:
+        try:
+            return await behavior(request, writer)
+        finally:
+            await writer.queue.put(_WritesAsYields.END)
+
+    task = asyncio.create_task(run())
+    try:
+        while (message := await writer.queue.get()) is not _WritesAsYields.END:
+            yield message
+        result = await task
+        if result is not None:  # a unary-style return from a streaming handler
+            yield result
+    finally:
+        task.cancel()
+
+
+def _wrap(
+    method: str, behavior: Callable[..., Any], unary_request: bool, streaming_response: bool
+) -> Callable[..., Any]:
+    """Wraps a handler. Streaming handlers become async generators whichever style they use."""
+    if streaming_response:
 
         async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             call = _Call(method, context)
             async with _guard(call):
                 if unary_request:
                     validate(request)
-                async for response in behavior(request, context):
+                responses = (
+                    behavior(request, context)
+                    if inspect.isasyncgenfunction(behavior)
+                    else _as_generator(behavior, request, context)
+                )
+                async for response in responses:
                     yield response
 
         return stream
@@ -200,16 +248,16 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
         }
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap(method, handler.unary_unary, unary_request=True), **kwargs
+                _wrap(method, handler.unary_unary, True, False), **kwargs
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                _wrap(method, handler.unary_stream, unary_request=True), **kwargs
+                _wrap(method, handler.unary_stream, True, True), **kwargs
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                _wrap(method, handler.stream_unary, unary_request=False), **kwargs
+                _wrap(method, handler.stream_unary, False, False), **kwargs
             )
         return grpc.stream_stream_rpc_method_handler(
-            _wrap(method, handler.stream_stream, unary_request=False), **kwargs
+            _wrap(method, handler.stream_stream, False, True), **kwargs
         )

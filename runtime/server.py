@@ -28,8 +28,7 @@ from runtime.telemetry import configure_sentry, configure_tracing
 log = logging.getLogger(__name__)
 
 MB = 1024 * 1024
-# Health probes and reflection are not traced: noise, and the health Watch streams with
-# context.write, which the OpenTelemetry aio interceptor cannot wrap.
+# Health probes and reflection are not traced: they are noise.
 UNTRACED = filters.negate(
     filters.any_of(filters.health_check(), filters.service_prefix("grpc.reflection"))
 )

@@ -1,19 +1,110 @@
-"""The ingest service as the runtime runs it."""
+"""The ingest service as the runtime runs it (and as a worker job opens it)."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import grpc
 
-from contextcache.v1 import ingest_pb2_grpc
-from runtime.config import ServiceName
-from runtime.protos import INGEST_SERVICE
-from runtime.server import ServiceApp
+from contextcache.v1 import crypto_pb2_grpc, ingest_pb2_grpc, query_pb2_grpc
+from retrieval.embeddings import Embedder
+from runtime.clients import grpc_dependency, open_channel
+from runtime.config import ServiceName, Settings
+from runtime.db import create_engine, database_dependency, database_url, upgrade_async
+from runtime.health import Dependency
+from runtime.protos import CRYPTO_SERVICE, INGEST_SERVICE, QUERY_SERVICE
+from runtime.server import MB, ServiceApp
+from runtime.tokens import TokenVerifier
+from services.ingest.ingestion import IngestionPipeline
+from services.ingest.jobs import JobQueue, Reaper
+from services.ingest.pipeline.fetch import UrlFetcher
 from services.ingest.servicer import IngestServicer
+from services.ingest.store import DocumentStore
 
 
 class IngestApp(ServiceApp):
     name = ServiceName.INGEST
     service_names = (INGEST_SERVICE,)
+    max_receive_bytes = 64 * MB  # 50 MB files plus framing
+
+    def __init__(self, settings: Settings, worker: bool = False) -> None:
+        super().__init__(settings)
+        self.worker = worker
+        self.url = database_url(settings, self.name)
+        self._pipeline: IngestionPipeline | None = None
+
+    async def open(self) -> None:
+        """Engine, channels and helpers (a worker job opens these after RQ's fork)."""
+        if self.settings.migrate_on_start and not self.worker:
+            await upgrade_async(self.name, self.url)
+        self.engine = create_engine(self.url)
+        self.store = DocumentStore(self.engine)
+        self.channels = {
+            "crypto": open_channel(self.settings.crypto_addr),
+            "query": open_channel(self.settings.query_addr),
+        }
+        self.crypto = crypto_pb2_grpc.CryptoServiceStub(self.channels["crypto"])
+        self.query = query_pb2_grpc.QueryServiceStub(self.channels["query"])
+        self.tokens = TokenVerifier(self.crypto)
+        self.fetcher = UrlFetcher(
+            allow_private=self.settings.url_fetch_allow_private,
+            allow_loopback=self.settings.url_fetch_allow_private,
+        )
+        self.embedder = Embedder()
+        self.queue = JobQueue(self.pipeline, self.settings.redis_url)
+
+    def pipeline(self) -> IngestionPipeline:
+        if self._pipeline is None:
+            self._pipeline = IngestionPipeline(
+                self.store,
+                self.crypto,
+                self.query,
+                self.fetcher,
+                self.embedder,
+                lease=timedelta(seconds=self.settings.ingest_lease_seconds),
+                max_attempts=self.settings.ingest_max_attempts,
+            )
+        return self._pipeline
+
+    async def close(self) -> None:
+        for channel in self.channels.values():
+            await channel.close()
+        await self.engine.dispose()
+
+    async def start(self) -> None:
+        await self.open()
+        self.reaper = Reaper(
+            self.store, self.queue, self.pipeline, self.settings.ingest_reaper_interval
+        )
+        self.reaper.start()
+
+    async def stop(self) -> None:
+        await self.reaper.stop()
+        await self.queue.stop()
+        await self.close()
+
+    def dependencies(self) -> list[Dependency]:
+        redis = (
+            Dependency("redis", "redis", self.queue.ping, required=False)
+            if self.queue.uses_redis
+            else Dependency.disabled("redis", "redis")
+        )
+        return [
+            database_dependency(self.engine),
+            redis,
+            Dependency(
+                "crypto",
+                "grpc",
+                grpc_dependency("crypto", self.channels["crypto"], CRYPTO_SERVICE).probe,
+                required=False,
+            ),
+            Dependency(
+                "query",
+                "grpc",
+                grpc_dependency("query", self.channels["query"], QUERY_SERVICE).probe,
+                required=False,
+            ),
+        ]
 
     def register(self, server: grpc.aio.Server) -> None:
         ingest_pb2_grpc.add_IngestServiceServicer_to_server(IngestServicer(self), server)

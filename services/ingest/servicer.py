@@ -1,19 +1,382 @@
-"""IngestService RPCs."""
+"""IngestService RPCs: validate → authorize → do → audit → respond.
+
+Every content RPC needs the project's unlock token (metadata x-unlock-token). Bad input is
+refused before anything is stored; the work itself is IngestionPipeline's.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import uuid
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
-from contextcache.v1 import ingest_pb2, ingest_pb2_grpc
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from contextcache.v1 import (
+    crypto_pb2,
+    ingest_pb2,
+    ingest_pb2_grpc,
+    query_pb2,
+)
+from retrieval.cipher import ContentCipher
+from retrieval.sealing import associated_data
+from runtime.clients import calling
+from runtime.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ServiceError,
+    Unavailable,
+)
+from runtime.paging import decode_cursor, encode_cursor, page_size
 from runtime.protos import INGEST_SERVICE
+from runtime.tokens import TOKEN_METADATA_KEY
+from services.ingest.ingestion import Outcome, Prepared, prepare, prepare_text
+from services.ingest.models import DocumentRow
+from services.ingest.pipeline.errors import IngestError
+from services.ingest.pipeline.fetch import resolve_host
+from services.ingest.store import as_utc, utcnow
 
 if TYPE_CHECKING:
     from services.ingest.app import IngestApp
+
+log = logging.getLogger(__name__)
+JOB_TOKEN_TTL = duration_pb2.Duration(seconds=24 * 3600)
+WATCH_POLL = 0.25
+STATUS_NAMES = {
+    ingest_pb2.DOCUMENT_STATUS_QUEUED: "queued",
+    ingest_pb2.DOCUMENT_STATUS_PROCESSING: "processing",
+    ingest_pb2.DOCUMENT_STATUS_COMPLETED: "completed",
+    ingest_pb2.DOCUMENT_STATUS_FAILED: "failed",
+}
+STATUS_VALUES = {name: value for value, name in STATUS_NAMES.items()}
+TERMINAL = ("completed", "failed")
+
+
+def _timestamp(value) -> timestamp_pb2.Timestamp | None:  # type: ignore[no-untyped-def]
+    if value is None:
+        return None
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(as_utc(value))
+    return stamp
 
 
 class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
     def __init__(self, app: IngestApp) -> None:
         self.app = app
+
+    # -- steps -------------------------------------------------------------------------
+
+    async def _authorize(self, context, project_id: str) -> str:  # type: ignore[no-untyped-def]
+        token = await self.app.tokens.authorize(context, project_id)
+        if await self.app.store.is_purged(project_id):
+            raise NotFound(f"Project {project_id} was deleted")
+        return token
+
+    async def _describe(
+        self, cipher: ContentCipher, rows: list[DocumentRow]
+    ) -> list[ingest_pb2.Document]:
+        """Documents as the token holder sees them (titles and sources decrypted)."""
+        sealed: list[tuple[bytes, bytes]] = []
+        slots: list[tuple[int, str]] = []
+        for i, row in enumerate(rows):
+            for purpose, value in (("title", row.title_ct), ("source", row.source_ct)):
+                if value:
+                    slots.append((i, purpose))
+                    sealed.append((value, associated_data(purpose, row.project_id, row.id)))
+        plain = await cipher.decrypt(sealed) if sealed else []
+        texts: dict[tuple[int, str], str] = {
+            slot: value.decode() for slot, value in zip(slots, plain, strict=True)
+        }
+        return [
+            ingest_pb2.Document(
+                id=row.id,
+                project_id=row.project_id,
+                status=STATUS_VALUES[row.status],
+                source_type=row.source_type,
+                title=texts.get((i, "title"), ""),
+                source=texts.get((i, "source"), ""),
+                content_hash=row.content_hash or "",
+                chunk_count=row.chunk_count,
+                fact_count=row.fact_count,
+                chunks_embedded=row.chunks_embedded,
+                chunks_total=row.chunks_total,
+                error=row.error,
+                text_bytes=row.text_bytes,
+                attempts=row.attempts,
+                created_at=_timestamp(row.created_at),
+                updated_at=_timestamp(row.updated_at),
+                completed_at=_timestamp(row.completed_at),
+            )
+            for i, row in enumerate(rows)
+        ]
+
+    async def _one(self, cipher: ContentCipher, row: DocumentRow) -> ingest_pb2.Document:
+        return (await self._describe(cipher, [row]))[0]
+
+    async def _prepare(self, request) -> tuple[int, Prepared | None, str, str]:  # type: ignore[no-untyped-def]
+        """(source type, prepared text or None for URLs, source, upload payload)."""
+        which = request.WhichOneof("source")
+        if which == "file":
+            name = request.file.filename
+            is_pdf = name.lower().endswith(".pdf")
+            if not is_pdf:
+                try:
+                    request.file.content.decode("utf-8", errors="strict")
+                except UnicodeDecodeError as error:
+                    raise InvalidArgument.for_field(
+                        "file.content",
+                        f"The .txt file is not valid UTF-8 (invalid byte at position "
+                        f"{error.start}). Save it as UTF-8 and upload it again",
+                        "file.content.utf8",
+                    ) from None
+            try:
+                prepared = await asyncio.to_thread(
+                    prepare, request.file.content, filename=name, fallback_title=name
+                )
+            except IngestError as error:
+                raise InvalidArgument.for_field("file.content", error.reason) from None
+            source_type = ingest_pb2.SOURCE_TYPE_PDF if is_pdf else ingest_pb2.SOURCE_TYPE_TEXT_FILE
+            return source_type, prepared, name, prepared.text
+        if which == "text":
+            body = request.text.body
+            title = request.text.title.strip() or body.strip().splitlines()[0][:80]
+            try:
+                prepared = prepare_text(body, title)
+            except IngestError as error:
+                raise InvalidArgument.for_field("text.body", error.reason) from None
+            return ingest_pb2.SOURCE_TYPE_TEXT, prepared, "", prepared.text
+        url = request.url.url
+        await self._check_address(url)
+        return ingest_pb2.SOURCE_TYPE_URL, None, url, url
+
+    async def _check_address(self, url: str) -> None:
+        """Refuses URLs whose host resolves to an address we must not fetch (SSRF guard;
+        the fetcher checks every redirect hop again)."""
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
+        try:
+            addresses = await resolve_host(host, port)
+        except OSError:
+            addresses = []
+        if not addresses:
+            raise InvalidArgument.for_field(
+                "url.url", f"The URL's host {host!r} could not be resolved", "url.host"
+            )
+        for address in addresses:
+            refusal = self.app.fetcher.policy.refusal(address)
+            if refusal:
+                raise InvalidArgument.for_field(
+                    "url.url",
+                    f"The URL points to a {refusal} address, which ContextCache does not fetch",
+                    "url.address",
+                )
+
+    async def _job_token(self, project_id: str, token: str) -> str:
+        async with calling("crypto"):
+            issued = await self.app.crypto.IssueJobToken(
+                crypto_pb2.IssueJobTokenRequest(project_id=project_id, ttl=JOB_TOKEN_TTL),
+                metadata=((TOKEN_METADATA_KEY, token),),
+            )
+        return issued.job_token
+
+    async def _run_inline(
+        self, cipher: ContentCipher, document: DocumentRow, job_token: str
+    ) -> ingest_pb2.Document:
+        result = await self.app.pipeline().process(document.id, job_token)
+        if result.outcome is Outcome.FAILED and result.error is not None:
+            if result.error.code.name == "ALREADY_EXISTS":
+                await self.app.store.delete_document(document.project_id, document.id)
+            raise result.error
+        if result.outcome is Outcome.FAILED:
+            raise FailedPrecondition(result.reason)
+        if result.outcome is Outcome.RETRY:
+            raise Unavailable(
+                f"{result.reason}. Document {document.id} is queued and will be processed "
+                "when the service is back"
+            )
+        return await self._one(cipher, await self.app.store.get(document.project_id, document.id))
+
+    # -- RPCs --------------------------------------------------------------------------
+
+    async def IngestDocument(self, request, context):
+        project_id = request.project_id
+        token = await self._authorize(context, project_id)
+        source_type, prepared, source, payload = await self._prepare(request)
+        cipher = ContentCipher(self.app.crypto, project_id, token)
+        document_id = str(uuid.uuid4())
+        title = prepared.title if prepared else ""
+        upload_ct, title_ct, source_ct = await cipher.encrypt(
+            [
+                (payload.encode(), associated_data("upload", project_id, document_id)),
+                (title.encode(), associated_data("title", project_id, document_id)),
+                (source.encode(), associated_data("source", project_id, document_id)),
+            ]
+        )
+        job_token = await self._job_token(project_id, token)
+        now = utcnow()
+        document = DocumentRow(
+            id=document_id,
+            project_id=project_id,
+            status="queued",
+            source_type=source_type,
+            title_ct=title_ct if title else None,
+            source_ct=source_ct if source else None,
+            content_hash=prepared.content_hash if prepared else None,
+            text_bytes=len(prepared.text.encode()) if prepared else 0,
+            error="",
+            background=int(request.background),
+            job_token=job_token,
+            lease_expires_at=now + self.app.pipeline().lease,
+            created_at=now,
+            updated_at=now,
+            attempts=0,
+            chunk_count=0,
+            fact_count=0,
+            chunks_embedded=0,
+            chunks_total=0,
+            stored_bytes=0,
+        )
+        await self.app.store.insert(document, upload_ct)
+        if request.background:
+            try:
+                await self.app.queue.enqueue(document_id, job_token, 1)
+            except Unavailable:
+                await self.app.store.delete_document(project_id, document_id)
+                raise
+            return ingest_pb2.IngestDocumentResponse(document=await self._one(cipher, document))
+        return ingest_pb2.IngestDocumentResponse(
+            document=await self._run_inline(cipher, document, job_token)
+        )
+
+    async def GetDocument(self, request, context):
+        token = await self._authorize(context, request.project_id)
+        row = await self.app.store.get(request.project_id, request.document_id)
+        cipher = ContentCipher(self.app.crypto, request.project_id, token)
+        return ingest_pb2.GetDocumentResponse(document=await self._one(cipher, row))
+
+    async def ListDocuments(self, request, context):
+        token = await self._authorize(context, request.project_id)
+        cursor = decode_cursor(request.page_token, (str, str))
+        rows, more = await self.app.store.page(
+            request.project_id,
+            STATUS_NAMES.get(request.status),
+            page_size(request),
+            cursor,  # type: ignore[arg-type]
+        )
+        cipher = ContentCipher(self.app.crypto, request.project_id, token)
+        next_token = ""
+        if more and rows:
+            next_token = encode_cursor(as_utc(rows[-1].created_at).isoformat(), rows[-1].id)
+        return ingest_pb2.ListDocumentsResponse(
+            documents=await self._describe(cipher, rows), next_page_token=next_token
+        )
+
+    async def DeleteDocument(self, request, context):
+        token = await self._authorize(context, request.project_id)
+        await self.app.store.get(request.project_id, request.document_id)
+        async with calling("query"):  # vectors first: never leave them without their rows
+            await self.app.query.DeleteDocumentChunks(
+                query_pb2.DeleteDocumentChunksRequest(
+                    project_id=request.project_id, document_id=request.document_id
+                )
+            )
+        await self.app.store.delete_document(request.project_id, request.document_id)
+        try:
+            async with calling("crypto"):
+                await self.app.crypto.AppendAuditEvent(
+                    crypto_pb2.AppendAuditEventRequest(
+                        project_id=request.project_id,
+                        type=crypto_pb2.AUDIT_EVENT_TYPE_DOCUMENT_DELETED,
+                        actor="token-holder",
+                        attributes={"document_id": request.document_id},
+                    ),
+                    metadata=((TOKEN_METADATA_KEY, token),),
+                )
+        except ServiceError:
+            log.warning("audit event for deleted document %s not recorded", request.document_id)
+        return ingest_pb2.DeleteDocumentResponse()
+
+    async def WatchDocument(self, request, context):
+        token = await self._authorize(context, request.project_id)
+        cipher = ContentCipher(self.app.crypto, request.project_id, token)
+        last = None
+        while True:
+            row = await self.app.store.get(request.project_id, request.document_id)
+            state = (row.status, row.chunks_embedded, row.chunks_total, row.error)
+            if state != last:
+                last = state
+                yield ingest_pb2.WatchDocumentResponse(document=await self._one(cipher, row))
+            if row.status in TERMINAL:
+                return
+            await asyncio.sleep(WATCH_POLL)
+
+    async def RetryDocument(self, request, context):
+        token = await self._authorize(context, request.project_id)
+        row = await self.app.store.get(request.project_id, request.document_id)
+        if row.status != "failed":
+            raise FailedPrecondition(
+                f"Only failed documents can be retried; document {row.id} is {row.status}"
+            )
+        job_token = await self._job_token(request.project_id, token)
+        requeued = await self.app.store.requeue(row.id, self.app.pipeline().lease, job_token)
+        if requeued is None:
+            raise FailedPrecondition(
+                f"Document {row.id} cannot be retried: its upload is gone. Ingest it again"
+            )
+        cipher = ContentCipher(self.app.crypto, request.project_id, token)
+        if request.background:
+            await self.app.queue.enqueue(row.id, job_token, requeued.attempts + 1)
+            return ingest_pb2.RetryDocumentResponse(document=await self._one(cipher, requeued))
+        return ingest_pb2.RetryDocumentResponse(
+            document=await self._run_inline(cipher, requeued, job_token)
+        )
+
+    async def ReindexProject(self, request, context):
+        from services.ingest.ingestion import index_chunks
+
+        await self._authorize(context, request.project_id)
+        documents: dict[str, DocumentRow] = {}
+        chunks = 0
+        async for batch in self.app.store.chunks(request.project_id):
+            by_document: dict[str, list] = {}
+            for row in batch:
+                by_document.setdefault(row.document_id, []).append(row)
+            for document_id, rows in by_document.items():
+                if document_id not in documents:
+                    documents[document_id] = await self.app.store.get(
+                        request.project_id, document_id
+                    )
+                chunks += await index_chunks(self.app.query, documents[document_id], rows)
+        return ingest_pb2.ReindexProjectResponse(
+            documents_reindexed=len(documents), chunks_reindexed=chunks
+        )
+
+    async def GetIngestStats(self, request, context):
+        counts = await self.app.store.counts(list(request.project_ids))
+        stats = []
+        for project_id in request.project_ids:
+            found = counts.get(project_id)
+            entry = ingest_pb2.ProjectIngestStats(project_id=project_id)
+            if found is not None:
+                entry.documents_queued = found.by_status.get("queued", 0)
+                entry.documents_processing = found.by_status.get("processing", 0)
+                entry.documents_completed = found.by_status.get("completed", 0)
+                entry.documents_failed = found.by_status.get("failed", 0)
+                entry.chunk_count = found.chunks
+                entry.fact_count = found.facts
+                entry.stored_bytes = found.stored_bytes
+                if found.last_completed_at is not None:
+                    entry.last_ingest_at.CopyFrom(_timestamp(found.last_completed_at))
+            stats.append(entry)
+        return ingest_pb2.GetIngestStatsResponse(stats=stats)
+
+    async def PurgeProject(self, request, context):
+        deleted = await self.app.store.purge(request.project_id)
+        return ingest_pb2.PurgeProjectResponse(documents_deleted=deleted)
 
     async def GetStatus(self, request, context):
         return ingest_pb2.IngestServiceGetStatusResponse(

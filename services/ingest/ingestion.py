@@ -1,0 +1,383 @@
+"""The ingestion pipeline: one code path for inline requests and background jobs.
+
+fetch (URLs) → extract → normalize → hash → dedupe → chunk → embed (reusing the project's
+existing embeddings of identical chunks) → keyword terms (keyed ids) → encrypt → store →
+index → facts → completed, with progress persisted as chunks are embedded.
+
+A document is claimed with a lease that a heartbeat extends while it is processed; if the
+process dies, the lease lapses and the reaper (jobs.py) runs it again. Every step is
+idempotent: chunk ids are deterministic and a re-run replaces what an earlier run stored.
+This module never logs document text, titles or URLs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+
+import numpy as np
+from google.protobuf import timestamp_pb2
+
+from contextcache.v1 import (
+    crypto_pb2,
+    crypto_pb2_grpc,
+    ingest_pb2,
+    query_pb2,
+    query_pb2_grpc,
+)
+from retrieval.cipher import ContentCipher
+from retrieval.embeddings import Embedder
+from retrieval.sealing import associated_data, chunk_id
+from retrieval.terms import term_frequencies
+from runtime.clients import calling
+from runtime.errors import AlreadyExists, ServiceError, Unavailable
+from runtime.tokens import TOKEN_METADATA_KEY
+from services.ingest.models import ChunkRow, DocumentRow, FactRow
+from services.ingest.pipeline.chunker import Chunk, Chunker
+from services.ingest.pipeline.errors import IngestError, UnreadableDocument
+from services.ingest.pipeline.extract import extract
+from services.ingest.pipeline.facts import extract_facts
+from services.ingest.pipeline.fetch import UrlFetcher
+from services.ingest.pipeline.normalize import content_hash, has_readable_text, normalize_text
+from services.ingest.store import DocumentStore, as_utc
+
+log = logging.getLogger(__name__)
+EMBED_BATCH = 64
+INDEX_BATCH = 256
+
+
+class Outcome(enum.Enum):
+    COMPLETED = "completed"
+    FAILED = "failed"  # terminal, with a reason the user can act on
+    RETRY = "retry"  # a dependency was unavailable: run again later
+    SKIPPED = "skipped"  # not claimable (done, deleted, or another run holds it)
+
+
+@dataclass(frozen=True)
+class Result:
+    outcome: Outcome
+    reason: str = ""
+    error: ServiceError | None = None
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A document's text, ready to store: normalized, hashed and titled."""
+
+    text: str
+    content_hash: str
+    title: str
+
+
+def prepare(
+    content: bytes,
+    *,
+    filename: str | None = None,
+    content_type: str | None = None,
+    fallback_title: str = "",
+) -> Prepared:
+    """extract → normalize → hash. Raises IngestError for unusable content."""
+    extracted = extract(content, content_type=content_type, filename=filename)
+    return prepare_text(extracted.text, extracted.title or fallback_title)
+
+
+def prepare_text(text: str, title: str) -> Prepared:
+    normalized = normalize_text(text)
+    if not has_readable_text(normalized):
+        raise UnreadableDocument(
+            "The document contains no readable text (letters or digits). Check that it is "
+            "the right file."
+        )
+    return Prepared(normalized, content_hash(normalized), title.strip()[:500])
+
+
+class IngestionPipeline:
+    def __init__(
+        self,
+        store: DocumentStore,
+        crypto: crypto_pb2_grpc.CryptoServiceStub,
+        query: query_pb2_grpc.QueryServiceStub,
+        fetcher: UrlFetcher,
+        embedder: Embedder | None = None,
+        chunker: Chunker | None = None,
+        lease: timedelta = timedelta(seconds=60),
+        max_attempts: int = 3,
+    ) -> None:
+        self.store = store
+        self.crypto = crypto
+        self.query = query
+        self.fetcher = fetcher
+        self.embedder = embedder or Embedder()
+        self._chunker = chunker
+        self.lease = lease
+        self.max_attempts = max_attempts
+
+    @property
+    def chunker(self) -> Chunker:
+        if self._chunker is None:
+            self._chunker = Chunker(self.embedder.max_tokens, overlap_tokens=32)
+        return self._chunker
+
+    async def process(self, document_id: str, token: str) -> Result:
+        """Runs the pipeline for one document; never raises for the document's own faults."""
+        document = await self.store.claim(document_id, self.lease)
+        if document is None:
+            return Result(Outcome.SKIPPED)
+        heartbeat = asyncio.create_task(self._heartbeat(document_id))
+        cipher = ContentCipher(self.crypto, document.project_id, token)
+        try:
+            stored = await self._run(document, cipher)
+        except IngestError as error:
+            await self.fail(document, token, error.reason)
+            return Result(Outcome.FAILED, error.reason)
+        except AlreadyExists as error:
+            await self.fail(document, token, error.message)
+            return Result(Outcome.FAILED, error.message, error)
+        except Unavailable as error:
+            return await self._transient(document, token, error)
+        except ServiceError as error:  # e.g. the token expired or the project went away
+            await self.fail(document, token, error.message)
+            return Result(Outcome.FAILED, error.message, error)
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+        if not stored:
+            await self._unindex(document)  # deleted while it was being processed
+            return Result(Outcome.SKIPPED)
+        await self._audit(document, token, crypto_pb2.AUDIT_EVENT_TYPE_DOCUMENT_INGESTED)
+        return Result(Outcome.COMPLETED)
+
+    async def _transient(self, document: DocumentRow, token: str, error: Unavailable) -> Result:
+        if document.attempts >= self.max_attempts:
+            reason = (
+                "ContextCache could not process the document because a service was unavailable "
+                f"{document.attempts} times. Try again later with RetryDocument."
+            )
+            await self.fail(document, token, reason)
+            return Result(Outcome.FAILED, reason, error)
+        await self.store.requeue(document.id, self.lease)
+        return Result(Outcome.RETRY, error.message, error)
+
+    async def _heartbeat(self, document_id: str) -> None:
+        interval = max(0.5, self.lease.total_seconds() / 3)
+        while True:
+            await asyncio.sleep(interval)
+            await self.store.extend_lease(document_id, self.lease)
+
+    # -- the steps ---------------------------------------------------------------------
+
+    async def _run(self, document: DocumentRow, cipher: ContentCipher) -> bool:
+        project, doc = document.project_id, document.id
+        payload_ct = await self.store.upload(doc)
+        if payload_ct is None:
+            raise IngestError("The uploaded content is gone. Ingest the document again.")
+        payload = await cipher.decrypt_one(payload_ct, associated_data("upload", project, doc))
+        if document.source_type == ingest_pb2.SOURCE_TYPE_URL:
+            text = await self._fetch(document, cipher, payload.decode())
+        else:
+            text = payload.decode()
+
+        chunks = await asyncio.to_thread(self.chunker.split, text)
+        embeddings = await self._embed(document, [c.text for c in chunks])
+        sparse = await self._sparse(cipher, chunks)
+        facts = await asyncio.to_thread(extract_facts, text, chunks)
+
+        sealed = await cipher.encrypt(
+            [(c.text.encode(), associated_data("chunk", project, doc, c.index)) for c in chunks]
+            + [
+                (
+                    json.dumps(
+                        {"subject": f.subject, "predicate": f.predicate, "object": f.object}
+                    ).encode(),
+                    associated_data("fact", project, doc, i),
+                )
+                for i, f in enumerate(facts)
+            ]
+        )
+        chunk_rows = [
+            ChunkRow(
+                id=chunk_id(project, doc, c.index),
+                project_id=project,
+                document_id=doc,
+                chunk_index=c.index,
+                text_ct=sealed[i],
+                text_hash=_sha256(c.text),
+                start_offset=c.start,
+                end_offset=c.end,
+                embedding=embeddings[i].astype("<f4").tobytes(),
+                sparse_indices=np.asarray(sparse[i][0], dtype="<u4").tobytes(),
+                sparse_values=np.asarray(sparse[i][1], dtype="<f4").tobytes(),
+            )
+            for i, c in enumerate(chunks)
+        ]
+        fact_rows = [
+            FactRow(
+                project_id=project,
+                document_id=doc,
+                chunk_index=f.chunk_index,
+                fact_index=i,
+                start_offset=f.start,
+                end_offset=f.end,
+                statement_ct=sealed[len(chunks) + i],
+            )
+            for i, f in enumerate(facts)
+        ]
+        if not await self.store.store_chunks(doc, chunk_rows, fact_rows):
+            return False
+        refreshed = await self.store.find(doc)
+        if refreshed is None:
+            return False
+        await index_chunks(self.query, refreshed, chunk_rows)
+        stored_bytes = sum(len(r.text_ct) for r in chunk_rows) + sum(
+            len(r.statement_ct) for r in fact_rows
+        )
+        return await self.store.complete(doc, len(chunk_rows), len(fact_rows), stored_bytes)
+
+    async def _fetch(self, document: DocumentRow, cipher: ContentCipher, url: str) -> str:
+        fetched = await self.fetcher.fetch(url)
+        prepared = await asyncio.to_thread(
+            prepare,
+            fetched.content,
+            content_type=fetched.content_type,
+            filename=fetched.final_url.rsplit("/", 1)[-1],
+            fallback_title=url,
+        )
+        title_ct = await cipher.encrypt_one(
+            prepared.title.encode(), associated_data("title", document.project_id, document.id)
+        )
+        await self.store.set_content(
+            document, prepared.content_hash, title_ct, len(prepared.text.encode())
+        )
+        return prepared.text
+
+    async def _embed(self, document: DocumentRow, texts: Sequence[str]) -> np.ndarray:
+        """Embeddings of `texts`; identical chunks the project already embedded are reused."""
+        total = len(texts)
+        vectors = np.zeros((total, self.embedder.dimension), dtype=np.float32)
+        hashes = [_sha256(t) for t in texts]
+        known = await self.store.known_embeddings(document.project_id, list(dict.fromkeys(hashes)))
+        todo: dict[str, list[int]] = {}
+        for i, h in enumerate(hashes):
+            if h in known:
+                vectors[i] = np.frombuffer(known[h], dtype="<f4")
+            else:
+                todo.setdefault(h, []).append(i)
+        done = total - sum(len(v) for v in todo.values())
+        await self.store.progress(document.id, done, total)
+        pending = list(todo.items())
+        for start in range(0, len(pending), EMBED_BATCH):
+            batch = pending[start : start + EMBED_BATCH]
+            embedded = await asyncio.to_thread(
+                self.embedder.embed, [texts[positions[0]] for _, positions in batch]
+            )
+            for (_, positions), vector in zip(batch, embedded, strict=True):
+                vectors[positions] = vector
+                done += len(positions)
+            await self.store.progress(document.id, done, total)
+        return vectors
+
+    async def _sparse(
+        self, cipher: ContentCipher, chunks: Sequence[Chunk]
+    ) -> list[tuple[list[int], list[float]]]:
+        """Keyword vectors: keyed term ids → term frequencies (one crypto call for all)."""
+        frequencies = [term_frequencies(c.text) for c in chunks]
+        vocabulary = list(dict.fromkeys(t for f in frequencies for t in f))
+        ids = await cipher.hash_terms(vocabulary) if vocabulary else {}
+        vectors = []
+        for counts in frequencies:
+            merged: dict[int, float] = {}
+            for term, count in counts.items():
+                merged[ids[term]] = merged.get(ids[term], 0.0) + count
+            ordered = sorted(merged)
+            vectors.append((ordered, [merged[i] for i in ordered]))
+        return vectors
+
+    async def fail(self, document: DocumentRow, token: str, reason: str) -> None:
+        log.info("document %s failed: %s", document.id, reason)
+        await self.store.fail(document.id, reason)
+        await self._unindex(document)
+        await self._audit(
+            document, token, crypto_pb2.AUDIT_EVENT_TYPE_DOCUMENT_FAILED, {"reason": reason[:1000]}
+        )
+
+    async def _unindex(self, document: DocumentRow) -> None:
+        try:
+            await self.query.DeleteDocumentChunks(
+                query_pb2.DeleteDocumentChunksRequest(
+                    project_id=document.project_id, document_id=document.id
+                ),
+                timeout=30,
+            )
+        except Exception:  # noqa: BLE001 — a failed clean-up is retried by the next run
+            log.warning("could not remove vectors of document %s", document.id)
+
+    async def _audit(
+        self,
+        document: DocumentRow,
+        token: str,
+        event: crypto_pb2.AuditEventType.ValueType,
+        attributes: dict[str, str] | None = None,
+    ) -> None:
+        try:
+            await self.crypto.AppendAuditEvent(
+                crypto_pb2.AppendAuditEventRequest(
+                    project_id=document.project_id,
+                    type=event,
+                    actor="ingest",
+                    attributes={"document_id": document.id, **(attributes or {})},
+                ),
+                metadata=((TOKEN_METADATA_KEY, token),),
+                timeout=10,
+            )
+        except Exception:  # noqa: BLE001 — the document's state is already durable
+            log.warning("audit event for document %s not recorded", document.id)
+
+
+async def index_chunks(
+    query: query_pb2_grpc.QueryServiceStub, document: DocumentRow, rows: Sequence[ChunkRow]
+) -> int:
+    """Sends chunks (vectors and ciphertext, never plaintext) to the query service's index."""
+    created = timestamp_pb2.Timestamp()
+    created.FromDatetime(as_utc(document.created_at))
+    sent = 0
+    for start in range(0, len(rows), INDEX_BATCH):
+        batch = rows[start : start + INDEX_BATCH]
+        request = query_pb2.IndexChunksRequest(
+            project_id=document.project_id,
+            chunks=[
+                query_pb2.IndexedChunk(
+                    chunk_id=row.id,
+                    document_id=row.document_id,
+                    chunk_index=row.chunk_index,
+                    dense=np.frombuffer(row.embedding, dtype="<f4").tolist(),
+                    sparse=query_pb2.SparseVector(
+                        indices=np.frombuffer(row.sparse_indices, dtype="<u4").tolist(),
+                        values=np.frombuffer(row.sparse_values, dtype="<f4").tolist(),
+                    ),
+                    encrypted_text=row.text_ct,
+                    encrypted_title=document.title_ct or b"",
+                    encrypted_source=document.source_ct or b"",
+                    source_type=document.source_type,
+                    start_offset=row.start_offset,
+                    end_offset=row.end_offset,
+                    document_created_at=created,
+                )
+                for row in batch
+            ],
+        )
+        async with calling("query"):
+            await query.IndexChunks(request, timeout=120)
+        sent += len(batch)
+    return sent
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()

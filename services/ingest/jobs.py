@@ -1,0 +1,147 @@
+"""Where ingestion work runs: RQ jobs (with REDIS_URL) or tasks in this process (without).
+
+Both run the same `IngestionPipeline.process`. The reaper makes sure no document stays
+queued or processing forever: a document whose lease lapsed (a dead worker, a lost job, a
+transient failure waiting for its retry) is queued again, or failed with a reason once it
+has used up its attempts. Trace context travels with each job into the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from opentelemetry import propagate
+
+from runtime.errors import Unavailable
+from services.ingest.ingestion import IngestionPipeline, Result
+from services.ingest.store import DocumentStore
+
+log = logging.getLogger(__name__)
+QUEUE_NAME = "contextcache-ingest"
+JOB_FUNCTION = "services.ingest.worker.process_document"
+JOB_TIMEOUT = 3600
+
+
+class JobQueue:
+    """Puts a document's processing somewhere it will run."""
+
+    def __init__(
+        self,
+        pipeline: Callable[[], IngestionPipeline],
+        redis_url: str | None,
+    ) -> None:
+        self._pipeline = pipeline
+        self.redis_url = redis_url
+        self._queue: Any = None
+        self._tasks: set[asyncio.Task[Result]] = set()
+
+    @property
+    def uses_redis(self) -> bool:
+        return self.redis_url is not None
+
+    def _rq(self) -> Any:
+        if self._queue is None:
+            from redis import Redis
+            from rq import Queue
+
+            connection = Redis.from_url(self.redis_url, socket_timeout=5, socket_connect_timeout=3)
+            self._queue = Queue(QUEUE_NAME, connection=connection, default_timeout=JOB_TIMEOUT)
+        return self._queue
+
+    async def enqueue(self, document_id: str, job_token: str, attempt: int) -> None:
+        """Queues the job; raises Unavailable (nothing queued) when Redis cannot take it."""
+        if not self.uses_redis:
+            task = asyncio.create_task(self._pipeline().process(document_id, job_token))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)
+        try:
+            await asyncio.to_thread(
+                self._rq().enqueue_call,
+                JOB_FUNCTION,
+                args=(document_id, job_token),
+                job_id=f"document-{document_id}-{attempt}",
+                meta={"trace": carrier},
+                timeout=JOB_TIMEOUT,
+                result_ttl=3600,
+                failure_ttl=86400,
+            )
+        except Exception as error:
+            log.warning("could not queue document %s: %s", document_id, type(error).__name__)
+            raise Unavailable(
+                "Background ingestion needs the job queue (Redis), which is unreachable. "
+                "Try again shortly, or ingest without background."
+            ) from error
+
+    async def ping(self) -> None:
+        if self.uses_redis:
+            await asyncio.to_thread(self._rq().connection.ping)
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+class Reaper:
+    """Requeues or fails documents whose lease lapsed; runs inside the ingest service."""
+
+    def __init__(
+        self,
+        store: DocumentStore,
+        queue: JobQueue,
+        pipeline: Callable[[], IngestionPipeline],
+        interval: float,
+    ) -> None:
+        self.store = store
+        self.queue = queue
+        self._pipeline = pipeline
+        self.interval = interval
+        self._task: asyncio.Task[None] | None = None
+
+    async def sweep(self) -> int:
+        handled = 0
+        pipeline = self._pipeline()
+        for document in await self.store.stale():
+            handled += 1
+            if not document.job_token or document.attempts >= pipeline.max_attempts:
+                reason = (
+                    f"Processing was interrupted {document.attempts} times. "
+                    "Try again with RetryDocument."
+                    if document.job_token
+                    else "Processing was interrupted. Try again with RetryDocument."
+                )
+                await pipeline.fail(document, document.job_token or "", reason)
+                continue
+            requeued = await self.store.requeue(document.id, pipeline.lease)
+            if requeued is None:
+                continue
+            try:
+                await self.queue.enqueue(document.id, document.job_token, document.attempts + 1)
+                log.info(
+                    "document %s queued again (attempt %d)", document.id, document.attempts + 1
+                )
+            except Unavailable:
+                pass  # still queued with a lease: the next sweep tries again
+        return handled
+
+    def start(self) -> None:
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(self.interval)
+                try:
+                    await self.sweep()
+                except Exception:
+                    log.exception("reaper sweep failed")
+
+        self._task = asyncio.create_task(loop(), name="ingest-reaper")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()

@@ -1,0 +1,359 @@
+"""DocumentStore: the ingest service's rows (documents, uploads, chunks, facts).
+
+Duplicate detection relies on the unique index over (project_id, content_hash) of documents
+that did not fail — a race between two ingestions of the same text ends with one of them
+getting ALREADY_EXISTS, never two copies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from runtime.errors import AlreadyExists, NotFound
+from services.ingest.models import ChunkRow, DocumentRow, FactRow, PurgedProjectRow, UploadRow
+
+ACTIVE = ("queued", "processing")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def as_utc(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class ProjectCounts:
+    by_status: dict[str, int]
+    chunks: int
+    facts: int
+    stored_bytes: int
+    last_completed_at: datetime | None
+
+
+class DocumentStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.sessions = async_sessionmaker(engine, expire_on_commit=False)
+
+    # -- documents ---------------------------------------------------------------------
+
+    async def is_purged(self, project_id: str) -> bool:
+        async with self.sessions() as session:
+            return await session.get(PurgedProjectRow, project_id) is not None
+
+    async def insert(self, document: DocumentRow, payload_ct: bytes) -> DocumentRow:
+        """Stores a new document with its encrypted upload; ALREADY_EXISTS on same content."""
+        try:
+            async with self.sessions.begin() as session:
+                session.add(document)
+                await session.flush()
+                session.add(UploadRow(document_id=document.id, payload_ct=payload_ct))
+        except IntegrityError:
+            raise await self._duplicate_error(document.project_id, document.content_hash) from None
+        return document
+
+    async def _duplicate_error(self, project_id: str, content_hash: str | None) -> Exception:
+        async with self.sessions() as session:
+            existing = await session.scalar(
+                select(DocumentRow.id).where(
+                    DocumentRow.project_id == project_id,
+                    DocumentRow.content_hash == content_hash,
+                    DocumentRow.status != "failed",
+                )
+            )
+        if existing is None:  # the other one failed meanwhile: a retry will succeed
+            return AlreadyExists("The same content is being ingested right now. Try again")
+        return AlreadyExists(
+            f"This content is already in the project as document {existing}",
+        )
+
+    async def get(self, project_id: str, document_id: str) -> DocumentRow:
+        async with self.sessions() as session:
+            row = await session.get(DocumentRow, document_id)
+        if row is None or row.project_id != project_id:
+            raise NotFound(f"Document {document_id} not found in project {project_id}")
+        return row
+
+    async def find(self, document_id: str) -> DocumentRow | None:
+        async with self.sessions() as session:
+            return await session.get(DocumentRow, document_id)
+
+    async def page(
+        self, project_id: str, status: str | None, size: int, after: tuple[str, str] | None
+    ) -> tuple[list[DocumentRow], bool]:
+        """Newest first; `after` is the (created_at ISO, id) of the last document seen."""
+        query = select(DocumentRow).where(DocumentRow.project_id == project_id)
+        if status:
+            query = query.where(DocumentRow.status == status)
+        if after is not None:
+            created_at, last_id = datetime.fromisoformat(after[0]), after[1]
+            query = query.where(
+                (DocumentRow.created_at < created_at)
+                | ((DocumentRow.created_at == created_at) & (DocumentRow.id < last_id))
+            )
+        query = query.order_by(DocumentRow.created_at.desc(), DocumentRow.id.desc())
+        async with self.sessions() as session:
+            rows = list((await session.scalars(query.limit(size + 1))).all())
+        return rows[:size], len(rows) > size
+
+    async def upload(self, document_id: str) -> bytes | None:
+        async with self.sessions() as session:
+            row = await session.get(UploadRow, document_id)
+        return None if row is None else row.payload_ct
+
+    # -- the status machine ------------------------------------------------------------
+
+    async def claim(self, document_id: str, lease: timedelta) -> DocumentRow | None:
+        """queued (or processing with a lapsed lease) → processing; None if not claimable."""
+        now = utcnow()
+        async with self.sessions.begin() as session:
+            result = await session.execute(
+                update(DocumentRow)
+                .where(
+                    DocumentRow.id == document_id,
+                    (DocumentRow.status == "queued")
+                    | ((DocumentRow.status == "processing") & (DocumentRow.lease_expires_at < now)),
+                )
+                .values(
+                    status="processing",
+                    attempts=DocumentRow.attempts + 1,
+                    lease_expires_at=now + lease,
+                    updated_at=now,
+                    error="",
+                )
+            )
+            if result.rowcount != 1:
+                return None
+            return await session.get(DocumentRow, document_id)
+
+    async def extend_lease(self, document_id: str, lease: timedelta) -> None:
+        async with self.sessions.begin() as session:
+            await session.execute(
+                update(DocumentRow)
+                .where(DocumentRow.id == document_id, DocumentRow.status == "processing")
+                .values(lease_expires_at=utcnow() + lease)
+            )
+
+    async def set_content(
+        self, document: DocumentRow, content_hash: str, title_ct: bytes, text_bytes: int
+    ) -> None:
+        """Records a fetched document's content hash; ALREADY_EXISTS if the project has it."""
+        try:
+            async with self.sessions.begin() as session:
+                await session.execute(
+                    update(DocumentRow)
+                    .where(DocumentRow.id == document.id)
+                    .values(
+                        content_hash=content_hash,
+                        title_ct=title_ct,
+                        text_bytes=text_bytes,
+                        updated_at=utcnow(),
+                    )
+                )
+        except IntegrityError:
+            raise await self._duplicate_error(document.project_id, content_hash) from None
+
+    async def progress(self, document_id: str, embedded: int, total: int) -> None:
+        async with self.sessions.begin() as session:
+            await session.execute(
+                update(DocumentRow)
+                .where(DocumentRow.id == document_id)
+                .values(chunks_embedded=embedded, chunks_total=total, updated_at=utcnow())
+            )
+
+    async def known_embeddings(self, project_id: str, hashes: Sequence[str]) -> dict[str, bytes]:
+        """Embeddings the project already has for these chunk texts (no re-embedding)."""
+        found: dict[str, bytes] = {}
+        async with self.sessions() as session:
+            for start in range(0, len(hashes), 500):
+                batch = list(hashes[start : start + 500])
+                rows = await session.execute(
+                    select(ChunkRow.text_hash, ChunkRow.embedding).where(
+                        ChunkRow.project_id == project_id, ChunkRow.text_hash.in_(batch)
+                    )
+                )
+                found.update({h: e for h, e in rows.all()})
+        return found
+
+    async def store_chunks(
+        self, document_id: str, chunks: Sequence[ChunkRow], facts: Sequence[FactRow]
+    ) -> bool:
+        """Replaces the document's chunks and facts in one transaction (re-runs never
+        duplicate). False if the document was deleted meanwhile."""
+        async with self.sessions.begin() as session:
+            document = await session.get(DocumentRow, document_id, with_for_update=True)
+            if document is None or document.status != "processing":
+                return False
+            await session.execute(delete(FactRow).where(FactRow.document_id == document_id))
+            await session.execute(delete(ChunkRow).where(ChunkRow.document_id == document_id))
+            session.add_all(chunks)
+            session.add_all(facts)
+        return True
+
+    async def complete(
+        self, document_id: str, chunk_count: int, fact_count: int, stored_bytes: int
+    ) -> bool:
+        now = utcnow()
+        async with self.sessions.begin() as session:
+            result = await session.execute(
+                update(DocumentRow)
+                .where(DocumentRow.id == document_id, DocumentRow.status == "processing")
+                .values(
+                    status="completed",
+                    chunk_count=chunk_count,
+                    fact_count=fact_count,
+                    chunks_embedded=chunk_count,
+                    chunks_total=chunk_count,
+                    stored_bytes=stored_bytes,
+                    error="",
+                    job_token=None,
+                    lease_expires_at=None,
+                    completed_at=now,
+                    updated_at=now,
+                )
+            )
+            await session.execute(delete(UploadRow).where(UploadRow.document_id == document_id))
+            return result.rowcount == 1
+
+    async def fail(self, document_id: str, reason: str) -> None:
+        """→ failed with a reason; the upload stays so RetryDocument can run it again."""
+        async with self.sessions.begin() as session:
+            await session.execute(delete(FactRow).where(FactRow.document_id == document_id))
+            await session.execute(delete(ChunkRow).where(ChunkRow.document_id == document_id))
+            await session.execute(
+                update(DocumentRow)
+                .where(DocumentRow.id == document_id, DocumentRow.status.in_(ACTIVE))
+                .values(
+                    status="failed",
+                    error=reason,
+                    job_token=None,
+                    lease_expires_at=None,
+                    chunk_count=0,
+                    fact_count=0,
+                    updated_at=utcnow(),
+                )
+            )
+
+    async def requeue(
+        self, document_id: str, lease: timedelta, job_token: str | None = None
+    ) -> DocumentRow | None:
+        """failed (RetryDocument) or stale → queued. None if the document is not retryable."""
+        now = utcnow()
+        async with self.sessions.begin() as session:
+            document = await session.get(DocumentRow, document_id, with_for_update=True)
+            if document is None or await session.get(UploadRow, document_id) is None:
+                return None
+            document.status = "queued"
+            document.error = ""
+            document.lease_expires_at = now + lease
+            document.updated_at = now
+            document.chunks_embedded = 0
+            if job_token is not None:
+                document.job_token = job_token
+            if document.source_type == 1:  # URL: the hash is known again after the fetch
+                document.content_hash = None
+            return document
+
+    async def stale(self, limit: int = 50) -> list[DocumentRow]:
+        """Queued or processing documents whose lease ran out (a lost job or a dead worker)."""
+        async with self.sessions() as session:
+            rows = await session.scalars(
+                select(DocumentRow)
+                .where(DocumentRow.status.in_(ACTIVE), DocumentRow.lease_expires_at < utcnow())
+                .limit(limit)
+            )
+            return list(rows.all())
+
+    async def delete_document(self, project_id: str, document_id: str) -> None:
+        async with self.sessions.begin() as session:
+            document = await session.get(DocumentRow, document_id, with_for_update=True)
+            if document is None or document.project_id != project_id:
+                raise NotFound(f"Document {document_id} not found in project {project_id}")
+            await _delete_documents(session, [document_id])
+
+    async def purge(self, project_id: str) -> int:
+        async with self.sessions.begin() as session:
+            if await session.get(PurgedProjectRow, project_id) is None:
+                session.add(PurgedProjectRow(project_id=project_id, purged_at=utcnow()))
+            ids = list(
+                (
+                    await session.scalars(
+                        select(DocumentRow.id).where(DocumentRow.project_id == project_id)
+                    )
+                ).all()
+            )
+            await _delete_documents(session, ids)
+        return len(ids)
+
+    # -- reading chunks back -----------------------------------------------------------
+
+    async def chunks(
+        self, project_id: str, document_id: str | None = None
+    ) -> AsyncIterator[list[ChunkRow]]:
+        """A project's (or one document's) chunks of completed documents, in batches."""
+        query = (
+            select(ChunkRow)
+            .join(DocumentRow, DocumentRow.id == ChunkRow.document_id)
+            .where(ChunkRow.project_id == project_id, DocumentRow.status == "completed")
+            .order_by(ChunkRow.document_id, ChunkRow.chunk_index)
+        )
+        if document_id is not None:
+            query = query.where(ChunkRow.document_id == document_id)
+        async with self.sessions() as session:
+            result = await session.stream_scalars(query.execution_options(yield_per=500))
+            async for batch in result.partitions(500):
+                yield list(batch)
+
+    async def counts(self, project_ids: Sequence[str]) -> dict[str, ProjectCounts]:
+        async with self.sessions() as session:
+            statuses = await session.execute(
+                select(DocumentRow.project_id, DocumentRow.status, func.count())
+                .where(DocumentRow.project_id.in_(project_ids))
+                .group_by(DocumentRow.project_id, DocumentRow.status)
+            )
+            sums = await session.execute(
+                select(
+                    DocumentRow.project_id,
+                    func.coalesce(func.sum(DocumentRow.chunk_count), 0),
+                    func.coalesce(func.sum(DocumentRow.fact_count), 0),
+                    func.coalesce(func.sum(DocumentRow.stored_bytes), 0),
+                    func.max(DocumentRow.completed_at),
+                )
+                .where(DocumentRow.project_id.in_(project_ids))
+                .group_by(DocumentRow.project_id)
+            )
+            by_status: dict[str, dict[str, int]] = {}
+            for project_id, status, count in statuses.all():
+                by_status.setdefault(project_id, {})[status] = count
+            result = {}
+            for project_id, chunks, facts, stored, last in sums.all():
+                result[project_id] = ProjectCounts(
+                    by_status.get(project_id, {}),
+                    int(chunks),
+                    int(facts),
+                    int(stored),
+                    as_utc(last) if isinstance(last, datetime) else _parse(last),
+                )
+        return result
+
+
+def _parse(value: object) -> datetime | None:
+    if value is None:
+        return None
+    return as_utc(datetime.fromisoformat(str(value)))
+
+
+async def _delete_documents(session: AsyncSession, ids: list[str]) -> None:
+    for start in range(0, len(ids), 500):
+        batch = ids[start : start + 500]
+        await session.execute(delete(FactRow).where(FactRow.document_id.in_(batch)))
+        await session.execute(delete(ChunkRow).where(ChunkRow.document_id.in_(batch)))
+        await session.execute(delete(UploadRow).where(UploadRow.document_id.in_(batch)))
+        await session.execute(delete(DocumentRow).where(DocumentRow.id.in_(batch)))

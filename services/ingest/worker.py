@@ -1,0 +1,74 @@
+"""`python -m services.ingest.worker`: the RQ worker that runs background ingestion jobs.
+
+The embedding model is loaded once, in the worker process, before RQ forks a work horse per
+job (the fork shares it); each job creates its own event loop, database engine and gRPC
+channels after the fork, and closes them when it ends. Trace context comes with the job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+
+from runtime.config import load_settings
+from runtime.logs import configure_logging
+from runtime.telemetry import configure_sentry, configure_tracing
+
+log = logging.getLogger(__name__)
+
+
+def process_document(document_id: str, job_token: str) -> str:
+    """The RQ job: runs the ingestion pipeline for one document; returns its outcome."""
+    from rq import get_current_job
+
+    job = get_current_job()
+    carrier = (job.meta or {}).get("trace", {}) if job else {}
+    token = otel_context.attach(propagate.extract(carrier))
+    try:
+        tracer = trace.get_tracer("contextcache.ingest.worker")
+        with tracer.start_as_current_span("ingest.process_document"):
+            return asyncio.run(_process(document_id, job_token))
+    finally:
+        otel_context.detach(token)
+
+
+async def _process(document_id: str, job_token: str) -> str:
+    from services.ingest.app import IngestApp
+
+    app = IngestApp(load_settings(), worker=True)
+    await app.open()
+    try:
+        result = await app.pipeline().process(document_id, job_token)
+        log.info("document %s: %s", document_id, result.outcome.value)
+        return result.outcome.value
+    finally:
+        await app.close()
+
+
+def main() -> None:
+    from redis import Redis
+    from rq import Queue, Worker
+
+    from retrieval.embeddings import load_model
+    from services.ingest.jobs import QUEUE_NAME
+
+    settings = load_settings()
+    configure_logging(settings.log_format, settings.log_level, "worker")
+    configure_tracing(settings, "worker")
+    configure_sentry(settings, "worker")
+    if not settings.redis_url:
+        raise SystemExit("REDIS_URL is required for the worker (without it, jobs run in-process)")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    load_model()  # once per worker process; work horses inherit it through fork
+    connection = Redis.from_url(settings.redis_url)
+    worker = Worker([Queue(QUEUE_NAME, connection=connection)], connection=connection)
+    log.info("ingest worker ready (queue %s)", QUEUE_NAME)
+    worker.work(with_scheduler=False)
+
+
+if __name__ == "__main__":
+    main()
