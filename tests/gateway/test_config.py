@@ -1,0 +1,110 @@
+"""The gateway configuration and the Kubernetes manifests are valid as shipped."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from runtime.config import REPO_ROOT, Settings
+from runtime.gateway import envoy_command, render, render_text
+from tests.gateway.conftest import free_port
+
+pytestmark = pytest.mark.envoy
+K8S = REPO_ROOT / "k8s"
+# The settings k8s/envoy.yaml is rendered with (see k8s/README.md).
+K8S_GATEWAY = {
+    "gateway_host": "0.0.0.0",
+    "cors_origins": "https://app.contextcache.example",
+    "projects_addr": "projects.contextcache.svc.cluster.local:50051",
+    "ingest_addr": "ingest.contextcache.svc.cluster.local:50052",
+    "query_addr": "query.contextcache.svc.cluster.local:50053",
+    "crypto_addr": "crypto.contextcache.svc.cluster.local:50054",
+    "ratelimit_addr": "ratelimit.contextcache.svc.cluster.local:8081",
+    "gateway_health_check_interval": 5,
+    "gateway_local_rate_limit": 500,
+}
+
+
+def validate_envoy(path: Path) -> subprocess.CompletedProcess:
+    command = [*envoy_command(path), "--mode", "validate"]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_rendered_config_passes_envoy_validate(tmp_path):
+    settings = Settings(gateway_port=free_port(), gateway_admin_port=free_port(), cors_origins="*")
+    result = validate_envoy(render(settings, tmp_path / "envoy.yaml"))
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert "OK" in result.stdout + result.stderr
+
+
+def test_rendering_fills_every_placeholder(tmp_path):
+    text = render_text(Settings(cors_origins="https://a.example, https://b.example"))
+    assert "${" not in text
+    config = yaml.safe_load(text)
+    vhost = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
+        "typed_config"
+    ]["route_config"]["virtual_hosts"][0]
+    cors = vhost["typed_per_filter_config"]["envoy.filters.http.cors"]
+    assert cors["allow_origin_string_match"] == [
+        {"exact": "https://a.example"},
+        {"exact": "https://b.example"},
+    ]
+
+
+def test_kubernetes_envoy_config_is_the_rendered_template(tmp_path):
+    rendered = render_text(Settings(**K8S_GATEWAY))
+    assert (K8S / "envoy.yaml").read_text() == rendered, (
+        "k8s/envoy.yaml is stale: regenerate it as k8s/README.md says"
+    )
+    result = validate_envoy(K8S / "envoy.yaml")
+    assert result.returncode == 0, result.stderr + result.stdout
+
+
+def test_kustomization_builds_and_every_manifest_validates():
+    built = subprocess.run(
+        ["kubectl", "kustomize", str(K8S)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert built.returncode == 0, built.stderr
+    documents = [doc for doc in yaml.safe_load_all(built.stdout) if doc]
+    kinds = {doc["kind"] for doc in documents}
+    assert {
+        "Namespace",
+        "ConfigMap",
+        "Deployment",
+        "Service",
+        "Job",
+        "NetworkPolicy",
+        "PodDisruptionBudget",
+        "HorizontalPodAutoscaler",
+    } <= kinds
+    for doc in documents:
+        kubernetes_validate.validate(doc, "1.32", strict=True)
+    deployments = [doc for doc in documents if doc["kind"] == "Deployment"]
+    names = {d["metadata"]["name"] for d in deployments}
+    assert {"projects", "ingest", "query", "crypto", "ingest-worker", "envoy", "ratelimit"} <= names
+    for deployment in deployments:
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+        for container in pod["containers"]:
+            security = container["securityContext"]
+            assert security["readOnlyRootFilesystem"] is True
+            assert security["allowPrivilegeEscalation"] is False
+            assert security["capabilities"]["drop"] == ["ALL"]
+            assert container["resources"]["limits"] and container["resources"]["requests"]
+            if deployment["metadata"]["name"] in {"projects", "ingest", "query", "crypto"}:
+                assert container["livenessProbe"]["grpc"]["service"] == "liveness"
+                assert container["readinessProbe"]["grpc"]["service"].startswith("contextcache.v1.")
+
+
+def test_kubernetes_rate_limit_rules_are_the_shipped_rules():
+    shipped = (REPO_ROOT / "envoy" / "ratelimit.yaml").read_text()
+    assert (K8S / "ratelimit-rules.yaml").read_text() == shipped
