@@ -27,7 +27,7 @@ RUN pip install -r requirements.txt
 
 COPY . .
 # Already-installed requirements are kept; this writes the .pth and generates the protos.
-RUN make install
+RUN make install PYTHON=/usr/local/bin/python3
 
 USER 10001:10001
 EXPOSE 50051 50052 50053 50054 8081
