@@ -1,19 +1,29 @@
-"""Unlock-token checks for services other than crypto.
+"""Unlock tokens as every service reads them: the public half of the format.
 
-An unlock token is `v1.<claims>.<sealed>.<signature>` (base64url parts). CryptoService
-seals the project's keys into <sealed> (only it can open them) and signs the whole with
-its token-signing key (Ed25519). Any service can check the signature and the claims —
-project id, expiry, scope — with crypto's public verification key, which it fetches once
-and caches; so authorization keeps working while crypto is briefly unavailable, and no
-service but crypto ever sees a key.
+A token is `cct1.` + base64url (no padding) of
+
+    claims (34 bytes) | sealed keys (93 bytes) | signature (64 bytes)
+
+- claims: version (1 byte, =1) | scope (1 byte: 1 unlock, 2 job) | project id (16-byte UUID)
+  | issued at | expires at (each 8-byte big-endian signed Unix seconds). Readable by anyone.
+- sealed keys: the project's keys, sealed by CryptoService; only it can open them
+  (services/crypto/tokens.py issues and opens tokens).
+- signature: Ed25519 over DOMAIN ‖ claims ‖ sealed keys, by crypto's token-signing key.
+
+Any service checks project, scope and expiry offline with crypto's public verification key
+(GetTokenVerificationKey, fetched once and cached), so authorization keeps working while
+crypto is briefly unavailable and no service but crypto ever sees a key.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import json
+import datetime
+import enum
+import struct
 import time
+import uuid
 from dataclasses import dataclass
 
 import grpc
@@ -25,59 +35,88 @@ from runtime.clients import calling
 from runtime.errors import Unauthenticated
 
 TOKEN_METADATA_KEY = "x-unlock-token"
-TOKEN_VERSION = "v1"
-MALFORMED = "Malformed unlock token. Unlock the project again"
+PREFIX = "cct1."
+DOMAIN = b"contextcache/unlock-token/v1\x00"
+TOKEN_VERSION = 1
+CLAIMS = struct.Struct(">BB16sqq")
+KEYS_BYTES = 64
+SEALED_BYTES = 1 + 12 + KEYS_BYTES + 16
+SIGNATURE_BYTES = 64
+TOKEN_BYTES = CLAIMS.size + SEALED_BYTES + SIGNATURE_BYTES
+MAX_TOKEN_CHARS = 512
+ALTERED = "The unlock token is invalid: it was altered or issued by another deployment"
+
+
+class Scope(enum.IntEnum):
+    UNLOCK = 1  # an interactive unlock (OpenKeyring), short-lived
+    JOB = 2  # a queued background job (IssueJobToken); cannot issue further tokens
+
+
+@dataclass(frozen=True)
+class TokenParts:
+    claims: bytes
+    sealed: bytes
+    signature: bytes
+
+    @property
+    def signed(self) -> bytes:
+        return DOMAIN + self.claims + self.sealed
 
 
 @dataclass(frozen=True)
 class TokenClaims:
-    project_id: str
-    expires_at: float
-    scope: str
-    token_id: str
+    project_id: uuid.UUID
+    scope: Scope
+    issued_at: int
+    expires_at: int
 
 
-def b64decode(part: str) -> bytes:
-    return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+def encode(claims: bytes, sealed: bytes, signature: bytes) -> str:
+    return PREFIX + base64.urlsafe_b64encode(claims + sealed + signature).rstrip(b"=").decode()
 
 
-def b64encode(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).decode().rstrip("=")
-
-
-def split_token(token: str) -> tuple[bytes, dict[str, object], bytes, bytes]:
-    """(signed bytes, claims, sealed bytes, signature); raises Unauthenticated if malformed."""
-    parts = token.split(".")
-    if len(parts) != 4 or parts[0] != TOKEN_VERSION:
-        raise Unauthenticated(MALFORMED)
+def decode(text: str) -> TokenParts:
+    """The token's parts; UNAUTHENTICATED when it is not a well-formed token."""
+    malformed = Unauthenticated("The unlock token is malformed; pass the token exactly as issued")
+    if not text.startswith(PREFIX) or len(text) > MAX_TOKEN_CHARS:
+        raise malformed
+    body = text[len(PREFIX) :]
     try:
-        claims = json.loads(b64decode(parts[1]))
-        sealed, signature = b64decode(parts[2]), b64decode(parts[3])
-    except (binascii.Error, ValueError, UnicodeDecodeError):
-        raise Unauthenticated(MALFORMED) from None
-    if not isinstance(claims, dict):
-        raise Unauthenticated(MALFORMED)
-    signed = ".".join(parts[:3]).encode()
-    return signed, claims, sealed, signature
+        raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+    except (binascii.Error, ValueError):
+        raise malformed from None
+    # Only the canonical encoding is accepted, so no two strings name one token.
+    if len(raw) != TOKEN_BYTES or base64.urlsafe_b64encode(raw).rstrip(b"=").decode() != body:
+        raise malformed
+    return TokenParts(
+        raw[: CLAIMS.size],
+        raw[CLAIMS.size : CLAIMS.size + SEALED_BYTES],
+        raw[CLAIMS.size + SEALED_BYTES :],
+    )
 
 
-def check_claims(
-    claims: dict[str, object], project_id: str, now: float | None = None
-) -> TokenClaims:
+def verify(parts: TokenParts, key: Ed25519PublicKey, now: float | None = None) -> TokenClaims:
+    """Checks the signature, version and expiry; returns the claims."""
     try:
-        parsed = TokenClaims(
-            project_id=str(claims["pid"]),
-            expires_at=float(claims["exp"]),  # type: ignore[arg-type]
-            scope=str(claims["scope"]),
-            token_id=str(claims["jti"]),
-        )
-    except (KeyError, TypeError, ValueError):
-        raise Unauthenticated(MALFORMED) from None
-    if parsed.project_id != project_id:
+        key.verify(parts.signature, parts.signed)
+    except InvalidSignature:
+        raise Unauthenticated(ALTERED) from None
+    version, scope, project, issued_at, expires_at = CLAIMS.unpack(parts.claims)
+    if version != TOKEN_VERSION or scope not in Scope._value2member_map_:
+        raise Unauthenticated("The unlock token has an unsupported format; unlock again")
+    if (time.time() if now is None else now) >= expires_at:
+        when = datetime.datetime.fromtimestamp(expires_at, datetime.UTC).isoformat()
+        raise Unauthenticated(f"The unlock token expired at {when}; unlock the project again")
+    return TokenClaims(uuid.UUID(bytes=project), Scope(scope), issued_at, expires_at)
+
+
+def check_project(claims: TokenClaims, project_id: str) -> None:
+    try:
+        wanted = uuid.UUID(project_id)
+    except ValueError:
+        raise Unauthenticated("The unlock token belongs to another project") from None
+    if claims.project_id != wanted:
         raise Unauthenticated("The unlock token belongs to another project")
-    if parsed.expires_at <= (time.time() if now is None else now):
-        raise Unauthenticated("The unlock token has expired. Unlock the project again")
-    return parsed
 
 
 def token_from(context: grpc.aio.ServicerContext) -> str:
@@ -107,13 +146,10 @@ class TokenVerifier:
         return self._key
 
     async def verify(self, token: str, project_id: str) -> TokenClaims:
-        signed, claims, _sealed, signature = split_token(token)
-        key = await self._verification_key()
-        try:
-            key.verify(signature, signed)
-        except InvalidSignature:
-            raise Unauthenticated("Invalid unlock token. Unlock the project again") from None
-        return check_claims(claims, project_id)
+        parts = decode(token)
+        claims = verify(parts, await self._verification_key())
+        check_project(claims, project_id)
+        return claims
 
     async def authorize(self, context: grpc.aio.ServicerContext, project_id: str) -> str:
         """The caller's token for `project_id`, checked; raises UNAUTHENTICATED otherwise."""
