@@ -73,7 +73,9 @@ def open_channel(address: str) -> grpc.aio.Channel:
     )
 
 
-def grpc_dependency(name: str, channel: grpc.aio.Channel, service: str) -> Dependency:
+def grpc_dependency(
+    name: str, channel: grpc.aio.Channel, service: str, required: bool = True
+) -> Dependency:
     """Readiness probe of another ContextCache service through its health service."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -84,7 +86,7 @@ def grpc_dependency(name: str, channel: grpc.aio.Channel, service: str) -> Depen
         if response.status != health_pb2.HealthCheckResponse.SERVING:
             raise RuntimeError("not serving")
 
-    return Dependency(name, "grpc", probe)
+    return Dependency(name, "grpc", probe, required)
 
 
 _PASSED_THROUGH = {

@@ -96,6 +96,10 @@ class Settings(BaseSettings):
     ingest_max_attempts: int = Field(default=3, ge=1, le=20)
     ingest_reaper_interval: float = Field(default=10.0, gt=0, le=3600)
 
+    # Query: weights of the dense and keyword rankings in hybrid (reciprocal rank) fusion.
+    hybrid_dense_weight: float = Field(default=1.0, ge=0, le=10)
+    hybrid_keyword_weight: float = Field(default=1.0, ge=0, le=10)
+
     # How often readiness re-checks dependencies, in seconds.
     health_check_interval: float = Field(default=5.0, gt=0, le=300)
     # How long SIGTERM waits for in-flight calls, in seconds.
@@ -129,6 +133,10 @@ class Settings(BaseSettings):
 
     def listen_port(self, service: ServiceName) -> int:
         return self.port or DEFAULT_PORTS[service]
+
+    @property
+    def hybrid_weights(self) -> tuple[float, float]:
+        return (self.hybrid_dense_weight, self.hybrid_keyword_weight)
 
     @property
     def index_path(self) -> Path:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import socket
 import uuid
@@ -19,6 +20,13 @@ import psycopg
 import pytest
 import redis
 
+from contextcache.v1 import (
+    crypto_pb2_grpc,
+    ingest_pb2_grpc,
+    projects_pb2,
+    projects_pb2_grpc,
+    query_pb2_grpc,
+)
 from runtime.config import Settings
 from runtime.server import Server, ServiceApp
 
@@ -95,8 +103,8 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
             "data_dir": tmp_path / "var",
             "health_check_interval": 0.3,
             "shutdown_grace": 0.5,
-            "argon2_memory_kib": 8192,
-            "argon2_time_cost": 1,
+            "url_fetch_allow_private": True,
+            "ingest_reaper_interval": 0.5,
         }
         values.update(overrides)
         return Settings(**values)
@@ -177,3 +185,99 @@ async def eventually(check: Callable[[], object], timeout: float = 10.0, every: 
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         await asyncio.sleep(every)
+
+
+CHEAP_KDF = {"argon2_memory_kib": 8192, "argon2_time_cost": 1, "argon2_parallelism": 1}
+
+
+@dataclasses.dataclass
+class Stack:
+    """The four ContextCache services running in this process, wired to each other."""
+
+    settings: Settings
+    ports: dict[str, int]
+    servers: dict[str, Server]
+    channels: dict[str, grpc.aio.Channel]
+
+    @property
+    def projects(self) -> projects_pb2_grpc.ProjectServiceStub:
+        return projects_pb2_grpc.ProjectServiceStub(self.channels["projects"])
+
+    @property
+    def ingest(self) -> ingest_pb2_grpc.IngestServiceStub:
+        return ingest_pb2_grpc.IngestServiceStub(self.channels["ingest"])
+
+    @property
+    def query(self) -> query_pb2_grpc.QueryServiceStub:
+        return query_pb2_grpc.QueryServiceStub(self.channels["query"])
+
+    @property
+    def crypto(self) -> crypto_pb2_grpc.CryptoServiceStub:
+        return crypto_pb2_grpc.CryptoServiceStub(self.channels["crypto"])
+
+    def app(self, name: str):  # type: ignore[no-untyped-def]
+        return self.servers[name].app
+
+    async def stop_service(self, name: str) -> None:
+        await self.servers.pop(name).stop(grace=0.2)
+
+    async def start_service(self, name: str) -> None:
+        self.servers[name] = await _start(name, self.settings, self.ports[name])
+
+
+async def _start(name: str, settings: Settings, port: int) -> Server:
+    from services.crypto.app import CryptoApp
+    from services.crypto.config import CryptoConfig
+    from services.ingest.app import IngestApp
+    from services.projects.app import ProjectsApp
+    from services.query.app import QueryApp
+
+    if name == "crypto":
+        app = CryptoApp(settings, CryptoConfig(**CHEAP_KDF))
+    else:
+        app = {"projects": ProjectsApp, "ingest": IngestApp, "query": QueryApp}[name](settings)
+    server = Server(app)
+    await server.start(host="127.0.0.1", port=port)
+    return server
+
+
+@contextlib.asynccontextmanager
+async def running_stack(settings_factory: Callable[..., Settings], **overrides: object):
+    names = ("crypto", "query", "ingest", "projects")
+    ports = {name: free_port() for name in names}
+    settings = settings_factory(
+        **{f"{name}_addr": f"127.0.0.1:{port}" for name, port in ports.items()}, **overrides
+    )
+    stack = Stack(settings, ports, {}, {})
+    try:
+        for name in names:
+            await stack.start_service(name)
+            stack.channels[name] = grpc.aio.insecure_channel(f"127.0.0.1:{ports[name]}")
+        yield stack
+    finally:
+        for channel in stack.channels.values():
+            await channel.close()
+        for name in reversed(names):
+            if name in stack.servers:
+                await stack.stop_service(name)
+
+
+@pytest.fixture
+async def stack(make_settings):
+    """The whole service stack on the embedded default (SQLite, embedded index, no Redis)."""
+    async with running_stack(make_settings) as running_services:
+        yield running_services
+
+
+PASSPHRASE = "correct horse battery staple 42"
+
+
+async def new_project(stack: Stack, name: str = "research", passphrase: str = PASSPHRASE):
+    """Creates and unlocks a project; returns (project, metadata carrying its unlock token)."""
+    created = await stack.projects.CreateProject(
+        projects_pb2.CreateProjectRequest(name=name, passphrase=passphrase)
+    )
+    unlocked = await stack.projects.UnlockProject(
+        projects_pb2.UnlockProjectRequest(project_id=created.project.id, passphrase=passphrase)
+    )
+    return created.project, (("x-unlock-token", unlocked.unlock_token),)

@@ -92,18 +92,8 @@ class IngestApp(ServiceApp):
         return [
             database_dependency(self.engine),
             redis,
-            Dependency(
-                "crypto",
-                "grpc",
-                grpc_dependency("crypto", self.channels["crypto"], CRYPTO_SERVICE).probe,
-                required=False,
-            ),
-            Dependency(
-                "query",
-                "grpc",
-                grpc_dependency("query", self.channels["query"], QUERY_SERVICE).probe,
-                required=False,
-            ),
+            grpc_dependency("crypto", self.channels["crypto"], CRYPTO_SERVICE, required=False),
+            grpc_dependency("query", self.channels["query"], QUERY_SERVICE, required=False),
         ]
 
     def register(self, server: grpc.aio.Server) -> None:

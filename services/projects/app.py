@@ -54,17 +54,11 @@ class ProjectsApp(ServiceApp):
         await self.engine.dispose()
 
     def dependencies(self) -> list[Dependency]:
-        optional = [
-            grpc_dependency(name, self.channels[name], service)
-            for name, service in (
-                ("crypto", CRYPTO_SERVICE),
-                ("ingest", INGEST_SERVICE),
-                ("query", QUERY_SERVICE),
-            )
-        ]
         return [
             database_dependency(self.engine),
-            *(Dependency(d.name, d.type, d.probe, required=False) for d in optional),
+            grpc_dependency("crypto", self.channels["crypto"], CRYPTO_SERVICE, required=False),
+            grpc_dependency("ingest", self.channels["ingest"], INGEST_SERVICE, required=False),
+            grpc_dependency("query", self.channels["query"], QUERY_SERVICE, required=False),
         ]
 
     def register(self, server: grpc.aio.Server) -> None:

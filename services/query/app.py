@@ -1,19 +1,63 @@
-"""The query service as the runtime runs it."""
+"""The query service as the runtime runs it: the vector index (it alone opens the embedded
+one), the embedding model (loaded once, at start), the query cache and crypto."""
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 
-from contextcache.v1 import query_pb2_grpc
-from runtime.config import ServiceName
-from runtime.protos import QUERY_SERVICE
-from runtime.server import ServiceApp
+from contextcache.v1 import crypto_pb2_grpc, query_pb2_grpc
+from retrieval.embeddings import Embedder, load_model
+from runtime.clients import grpc_dependency, open_channel
+from runtime.config import ServiceName, Settings
+from runtime.health import Dependency
+from runtime.protos import CRYPTO_SERVICE, QUERY_SERVICE
+from runtime.server import MB, ServiceApp
+from runtime.tokens import TokenVerifier
+from services.query.cache import QueryCache
+from services.query.index import VectorIndex, open_index
 from services.query.servicer import QueryServicer
 
 
 class QueryApp(ServiceApp):
     name = ServiceName.QUERY
     service_names = (QUERY_SERVICE,)
+    max_receive_bytes = 64 * MB  # IndexChunks batches carry vectors and ciphertext
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.index: VectorIndex | None = None
+
+    async def start(self) -> None:
+        self.index = await open_index(self.settings.qdrant_url, self.settings.index_path)
+        self.embedder = Embedder()
+        await asyncio.to_thread(load_model)  # once per process, before the first query
+        self.cache = QueryCache(self.settings.redis_url)
+        self.crypto_channel = open_channel(self.settings.crypto_addr)
+        self.crypto = crypto_pb2_grpc.CryptoServiceStub(self.crypto_channel)
+        self.tokens = TokenVerifier(self.crypto)
+
+    async def stop(self) -> None:
+        await self.crypto_channel.close()
+        await self.cache.close()
+        if self.index is not None:
+            await self.index.close()
+
+    def dependencies(self) -> list[Dependency]:
+        async def index_probe() -> None:
+            if self.index is None or not await self.index.healthy():
+                raise RuntimeError("index unavailable")
+
+        return [
+            Dependency(
+                "index", "qdrant" if self.settings.qdrant_url else "qdrant-edge", index_probe
+            ),
+            Dependency("redis", "redis", self.cache.ping, required=False)
+            if self.cache.enabled
+            else Dependency.disabled("redis", "redis"),
+            grpc_dependency("crypto", self.crypto_channel, CRYPTO_SERVICE, required=False),
+        ]
 
     def register(self, server: grpc.aio.Server) -> None:
         query_pb2_grpc.add_QueryServiceServicer_to_server(QueryServicer(self), server)
