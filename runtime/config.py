@@ -95,6 +95,8 @@ class Settings(BaseSettings):
     ingest_lease_seconds: float = Field(default=60.0, ge=1, le=3600)
     ingest_max_attempts: int = Field(default=3, ge=1, le=20)
     ingest_reaper_interval: float = Field(default=10.0, gt=0, le=3600)
+    # The RQ queue background ingestion jobs go to (with REDIS_URL).
+    ingest_queue: str = Field(default="contextcache-ingest", min_length=1, max_length=100)
 
     # Query: weights of the dense and keyword rankings in hybrid (reciprocal rank) fusion.
     hybrid_dense_weight: float = Field(default=1.0, ge=0, le=10)

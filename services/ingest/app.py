@@ -51,7 +51,7 @@ class IngestApp(ServiceApp):
             allow_loopback=self.settings.url_fetch_allow_private,
         )
         self.embedder = Embedder()
-        self.queue = JobQueue(self.pipeline, self.settings.redis_url)
+        self.queue = JobQueue(self.pipeline, self.settings.redis_url, self.settings.ingest_queue)
 
     def pipeline(self) -> IngestionPipeline:
         if self._pipeline is None:

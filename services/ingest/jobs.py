@@ -20,7 +20,6 @@ from services.ingest.ingestion import IngestionPipeline, Result
 from services.ingest.store import DocumentStore
 
 log = logging.getLogger(__name__)
-QUEUE_NAME = "contextcache-ingest"
 JOB_FUNCTION = "services.ingest.worker.process_document"
 JOB_TIMEOUT = 3600
 
@@ -32,9 +31,11 @@ class JobQueue:
         self,
         pipeline: Callable[[], IngestionPipeline],
         redis_url: str | None,
+        queue_name: str,
     ) -> None:
         self._pipeline = pipeline
         self.redis_url = redis_url
+        self.queue_name = queue_name
         self._queue: Any = None
         self._tasks: set[asyncio.Task[Result]] = set()
 
@@ -48,7 +49,7 @@ class JobQueue:
             from rq import Queue
 
             connection = Redis.from_url(self.redis_url, socket_timeout=5, socket_connect_timeout=3)
-            self._queue = Queue(QUEUE_NAME, connection=connection, default_timeout=JOB_TIMEOUT)
+            self._queue = Queue(self.queue_name, connection=connection, default_timeout=JOB_TIMEOUT)
         return self._queue
 
     async def enqueue(self, document_id: str, job_token: str, attempt: int) -> None:

@@ -54,7 +54,6 @@ def main() -> None:
     from rq import Queue, Worker
 
     from retrieval.embeddings import load_model
-    from services.ingest.jobs import QUEUE_NAME
 
     settings = load_settings()
     configure_logging(settings.log_format, settings.log_level, "worker")
@@ -65,8 +64,9 @@ def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     load_model()  # once per worker process; work horses inherit it through fork
     connection = Redis.from_url(settings.redis_url)
-    worker = Worker([Queue(QUEUE_NAME, connection=connection)], connection=connection)
-    log.info("ingest worker ready (queue %s)", QUEUE_NAME)
+    queue = Queue(settings.ingest_queue, connection=connection)
+    worker = Worker([queue], connection=connection)
+    log.info("ingest worker ready (queue %s)", settings.ingest_queue)
     worker.work(with_scheduler=False)
 
 
