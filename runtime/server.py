@@ -14,6 +14,7 @@ import signal
 from collections.abc import Callable, Sequence
 
 import grpc
+from google.protobuf import descriptor_pool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
@@ -32,6 +33,23 @@ MB = 1024 * 1024
 UNTRACED = filters.negate(
     filters.any_of(filters.health_check(), filters.service_prefix("grpc.reflection"))
 )
+
+
+class ReflectionPool:
+    """The default descriptor pool, plus method lookups (`grpcurl describe Svc.Method`):
+    the upb pool's FindFileContainingSymbol does not know methods."""
+
+    def __init__(self) -> None:
+        self._pool = descriptor_pool.Default()
+
+    def FindFileContainingSymbol(self, symbol: str):
+        try:
+            return self._pool.FindFileContainingSymbol(symbol)
+        except KeyError:
+            return self._pool.FindMethodByName(symbol).containing_service.file
+
+    def __getattr__(self, name: str):
+        return getattr(self._pool, name)
 
 
 class ServiceApp(abc.ABC):
@@ -101,6 +119,7 @@ class Server:
                 reflection.SERVICE_NAME,
             ),
             self.server,
+            pool=ReflectionPool(),
         )
         host = host or self.settings.listen_host
         port = self.settings.listen_port(self.app.name) if port is None else port
