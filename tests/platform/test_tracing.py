@@ -1,0 +1,38 @@
+"""Tracing: a call that crosses services yields server and client spans under one trace."""
+
+from __future__ import annotations
+
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+
+from contextcache.v1 import projects_pb2
+from runtime.telemetry import tracer_provider
+from tests.conftest import PASSPHRASE
+
+
+async def test_a_call_across_services_is_one_trace(stack):
+    exporter = InMemorySpanExporter()
+    tracer_provider("tests", SimpleSpanProcessor(exporter))
+
+    await stack.projects.CreateProject(
+        projects_pb2.CreateProjectRequest(name="traced", passphrase=PASSPHRASE)
+    )
+    spans = exporter.get_finished_spans()
+    root = next(
+        s
+        for s in spans
+        if s.kind == SpanKind.SERVER and s.name.endswith("ProjectService/CreateProject")
+    )
+    trace_id = root.context.trace_id
+    in_trace = [s for s in spans if s.context.trace_id == trace_id]
+    names = {(s.kind, s.name.rsplit("/", 1)[-1]) for s in in_trace}
+    assert (SpanKind.CLIENT, "CreateKeyring") in names
+    assert (SpanKind.SERVER, "CreateKeyring") in names
+    crypto_server = next(
+        s for s in in_trace if s.kind == SpanKind.SERVER and s.name.endswith("CreateKeyring")
+    )
+    client = next(s for s in in_trace if s.context.span_id == crypto_server.parent.span_id)
+    assert client.kind == SpanKind.CLIENT and client.parent.span_id == root.context.span_id
+    for span in in_trace:  # no secrets or content in spans
+        assert PASSPHRASE not in str(span.attributes)
