@@ -133,15 +133,14 @@ class Chunker:
         breaks: list[int] = []
         for sentence in split_sentences(text):
             for match in _UNIT.finditer(text, sentence.start, sentence.end):
-                start, end, word = match.start(), match.end(), match.group()
-                stripped = word.strip()
-                if len(stripped) != len(word):
-                    # Other whitespace (\x1c-\x1f, \x85, ...) the tokenizer deletes; keep it
-                    # off the edges of chunks, and skip units made only of it.
-                    if not stripped:
+                start, end = match.span()
+                if text[start].isspace() or text[end - 1].isspace():
+                    # Other whitespace (\x1c-\x1f, \x85, ...), which the tokenizer deletes:
+                    # kept off the edges of chunks; units made only of it are skipped.
+                    span = _trimmed(text, start, end)
+                    if span is None:
                         continue
-                    start += len(word) - len(word.lstrip())
-                    end -= len(word) - len(word.rstrip())
+                    start, end = span
                 starts.append(start)
                 ends.append(end)
                 breaks.append(_WORD)
@@ -179,14 +178,6 @@ class Chunker:
                 out.breaks.append(brk)
                 continue
             for p_start, p_end, p_count in self._pieces(text, start, end):
-                # Cuts may land next to characters the tokenizer deletes (\x1c-\x1f, \x85);
-                # trimming them changes no count.
-                while p_start < p_end and text[p_start].isspace():
-                    p_start += 1
-                while p_end > p_start and text[p_end - 1].isspace():
-                    p_end -= 1
-                if p_start == p_end:
-                    continue
                 out.starts.append(p_start)
                 out.ends.append(p_end)
                 out.counts.append(p_count)
@@ -213,6 +204,9 @@ class Chunker:
         limit = max(1, self._budget // _PIECE_SHARE)
         done: list[tuple[int, int, int]] = []
         while pending:
+            # Cuts may land next to characters the tokenizer deletes (\x1c-\x1f, \x85): trim
+            # them before counting, so that every count is of exactly the piece's text.
+            pending = [span for span in (_trimmed(text, s, e) for s, e in pending) if span]
             counts = self._count([text[s:e] for s, e in pending])
             parts: list[tuple[int, int]] = []
             for (s, e), count in zip(pending, counts, strict=True):
@@ -324,6 +318,15 @@ class Chunker:
             text[starts[nxt_s] : ends[e - 1]] for (_, e), (nxt_s, _) in pairwise(spans) if nxt_s < e
         ]
         return not overlaps or all(c <= self.overlap_tokens for c in self._count(overlaps))
+
+
+def _trimmed(text: str, start: int, end: int) -> tuple[int, int] | None:
+    """[start, end) without whitespace at either edge; None if nothing is left."""
+    while start < end and text[start].isspace():
+        start += 1
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    return (start, end) if start < end else None
 
 
 def _cut_point(text: str, start: int, end: int, offset: int) -> int:
