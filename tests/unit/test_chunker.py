@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from retrieval.embeddings import MAX_TOKENS, count_tokens, count_tokens_batch
 from services.ingest.pipeline.chunker import Chunk, Chunker
 from services.ingest.pipeline.normalize import normalize_text
+from services.ingest.pipeline.sentences import split_sentences
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 PROPERTY_SETTINGS = settings(
@@ -291,3 +292,43 @@ def test_fallback_path_is_taken_and_still_covers_everything() -> None:
 @given(text=st.text(max_size=1500))
 def test_property_chunking_is_deterministic(small_chunker: Chunker, text: str) -> None:
     assert small_chunker.split(text) == small_chunker.split(text)
+
+
+# Sentence boundaries (what "sentence-aware" means) -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "sentences"),
+    [
+        ("One. Two! Three? Four", ["One.", "Two!", "Three?", "Four"]),
+        ("Dr. Smith met J. R. R. Tolkien. Then he left.", ["Dr. Smith met J. R. R. Tolkien.",
+                                                            "Then he left."]),
+        ("It costs approx. five, i.e. cheap.", ["It costs approx. five, i.e. cheap."]),
+        ("Pi is 3.14159 exactly. Next.", ["Pi is 3.14159 exactly.", "Next."]),
+        ('He said "Stop." She stopped.', ['He said "Stop."', "She stopped."]),
+        ("東京は首都です。大阪も大きい。", ["東京は首都です。", "大阪も大きい。"]),
+        ("A heading\n\nA paragraph without end", ["A heading", "A paragraph without end"]),
+        ("line one\nline two.", ["line one\nline two."]),
+    ],
+)  # fmt: skip
+def test_sentence_boundaries(text: str, sentences: list[str]) -> None:
+    assert [text[s.start : s.end] for s in split_sentences(text)] == sentences
+
+
+def test_paragraph_ends_are_marked() -> None:
+    found = split_sentences("First. Second.\n\nThird.")
+    assert [s.ends_paragraph for s in found] == [False, True, False]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=600))
+def test_property_sentences_cover_all_non_whitespace_in_order(text: str) -> None:
+    found = split_sentences(text)
+    covered = [False] * len(text)
+    previous_end = 0
+    for sentence in found:
+        assert previous_end <= sentence.start < sentence.end <= len(text)
+        assert not text[sentence.start].isspace() and not text[sentence.end - 1].isspace()
+        covered[sentence.start : sentence.end] = [True] * (sentence.end - sentence.start)
+        previous_end = sentence.end
+    assert all(covered[i] or c.isspace() for i, c in enumerate(text))
