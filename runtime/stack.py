@@ -19,7 +19,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from runtime.config import DEFAULT_PORTS, REPO_ROOT, ServiceName, Settings, load_settings
+from runtime.config import REPO_ROOT, ServiceName, Settings, load_settings
 from runtime.gateway import envoy_command, render
 
 STOP_GRACE = 15.0
@@ -33,17 +33,23 @@ class Child:
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
 
+def port_of(address: str) -> int:
+    return int(address.rpartition(":")[2])
+
+
 def children(settings: Settings) -> list[Child]:
+    """Each service listens on the port of its *_ADDR setting (the defaults: 50051…)."""
     python = sys.executable
+    addresses = {
+        ServiceName.CRYPTO: settings.crypto_addr,
+        ServiceName.PROJECTS: settings.projects_addr,
+        ServiceName.QUERY: settings.query_addr,
+        ServiceName.INGEST: settings.ingest_addr,
+        ServiceName.RATELIMIT: settings.ratelimit_addr,
+    }
     services = [
-        Child(s.value, [python, "-m", f"services.{s.value}"], DEFAULT_PORTS[s])
-        for s in (
-            ServiceName.CRYPTO,
-            ServiceName.PROJECTS,
-            ServiceName.QUERY,
-            ServiceName.INGEST,
-            ServiceName.RATELIMIT,
-        )
+        Child(s.value, [python, "-m", f"services.{s.value}"], port_of(address))
+        for s, address in addresses.items()
     ]
     if settings.redis_url:
         services.append(Child("worker", [python, "-m", "services.ingest.worker"]))
@@ -66,17 +72,53 @@ class Stack:
     def __init__(self, settings: Settings, env: dict[str, str] | None = None) -> None:
         self.settings = settings
         self.env = dict(os.environ if env is None else env)
-        self.env.pop("PORT", None)  # each service listens on its own default port
         self.children = children(settings)
 
     def start(self, timeout: float = 120.0) -> None:
         Path(self.settings.data_dir).mkdir(parents=True, exist_ok=True)
         for child in self.children:
+            env = dict(self.env)
+            env.pop("PORT", None)
+            if child.port is not None:
+                env["PORT"] = str(child.port)
             child.process = subprocess.Popen(  # noqa: S603 — our own interpreter and binaries
-                child.argv, cwd=REPO_ROOT, env=self.env, start_new_session=True
+                child.argv, cwd=REPO_ROOT, env=env, start_new_session=True
             )
             if child.port is not None:
                 self._wait_ready(child, timeout)
+        self._wait_gateway(timeout)
+
+    def _wait_gateway(self, timeout: float) -> None:
+        """Until Envoy routes to every service (its first upstream health checks passed)."""
+        from contextcache.v1 import (
+            crypto_pb2,
+            crypto_pb2_grpc,
+            ingest_pb2,
+            ingest_pb2_grpc,
+            projects_pb2,
+            projects_pb2_grpc,
+            query_pb2,
+            query_pb2_grpc,
+        )
+
+        probes = [
+            (projects_pb2_grpc.ProjectServiceStub, projects_pb2.ProjectServiceGetStatusRequest),
+            (ingest_pb2_grpc.IngestServiceStub, ingest_pb2.IngestServiceGetStatusRequest),
+            (query_pb2_grpc.QueryServiceStub, query_pb2.QueryServiceGetStatusRequest),
+            (crypto_pb2_grpc.CryptoServiceStub, crypto_pb2.CryptoServiceGetStatusRequest),
+        ]
+        deadline = time.monotonic() + timeout
+        address = f"127.0.0.1:{self.settings.gateway_port}"
+        with grpc.insecure_channel(address) as channel:
+            for stub, request in probes:
+                while True:
+                    try:
+                        stub(channel).GetStatus(request(), timeout=2)
+                        break
+                    except grpc.RpcError:
+                        if self.failed() is not None or time.monotonic() > deadline:
+                            raise RuntimeError("the gateway does not reach every service") from None
+                        time.sleep(0.3)
 
     def _wait_ready(self, child: Child, timeout: float) -> None:
         deadline = time.monotonic() + timeout
