@@ -17,6 +17,7 @@ crypto is briefly unavailable and no service but crypto ever sees a key.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import datetime
@@ -135,6 +136,15 @@ class TokenVerifier:
     def __init__(self, crypto: crypto_pb2_grpc.CryptoServiceStub) -> None:
         self.crypto = crypto
         self._key: Ed25519PublicKey | None = None
+        self._prefetching: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Begins fetching the key in the background (see prefetch)."""
+        self._prefetching = asyncio.create_task(self.prefetch(), name="token-key-prefetch")
+
+    async def stop(self) -> None:
+        if self._prefetching is not None:
+            self._prefetching.cancel()
 
     async def _verification_key(self) -> Ed25519PublicKey:
         if self._key is None:
@@ -144,6 +154,15 @@ class TokenVerifier:
                 )
             self._key = Ed25519PublicKey.from_public_bytes(response.public_key)
         return self._key
+
+    async def prefetch(self, retry_every: float = 2.0) -> None:
+        """Fetches the verification key as soon as crypto answers (run as a background task
+        at start), so token checks keep working if crypto goes away later."""
+        while self._key is None:
+            try:
+                await self._verification_key()
+            except Exception:  # noqa: BLE001 — crypto not up yet: try again
+                await asyncio.sleep(retry_every)
 
     async def verify(self, token: str, project_id: str) -> TokenClaims:
         parts = decode(token)

@@ -7,6 +7,7 @@ Servers are the real services (`runtime.server.Server` around each app) listenin
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import dataclasses
 import os
@@ -104,6 +105,8 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
             "health_check_interval": 0.3,
             "shutdown_grace": 0.5,
             "url_fetch_allow_private": True,
+            # Fixed for the test, so a restarted crypto service accepts earlier tokens.
+            "token_sealing_key": base64.b64encode(os.urandom(32)).decode(),
             "ingest_reaper_interval": 0.5,
         }
         values.update(overrides)

@@ -73,12 +73,14 @@ class IngestApp(ServiceApp):
 
     async def start(self) -> None:
         await self.open()
+        self.tokens.start()
         self.reaper = Reaper(
             self.store, self.queue, self.pipeline, self.settings.ingest_reaper_interval
         )
         self.reaper.start()
 
     async def stop(self) -> None:
+        await self.tokens.stop()
         await self.reaper.stop()
         await self.queue.stop()
         await self.close()

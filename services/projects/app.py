@@ -44,10 +44,12 @@ class ProjectsApp(ServiceApp):
         self.ingest = ingest_pb2_grpc.IngestServiceStub(self.channels["ingest"])
         self.query = query_pb2_grpc.QueryServiceStub(self.channels["query"])
         self.tokens = TokenVerifier(self.crypto)
+        self.tokens.start()
         self.deletion = ProjectDeletion(self.store, self.crypto, self.ingest, self.query)
         self.deletion.start()
 
     async def stop(self) -> None:
+        await self.tokens.stop()
         await self.deletion.stop()
         for channel in self.channels.values():
             await channel.close()

@@ -58,23 +58,26 @@ class ProjectDeletion:
             if record.completed_at is not None:
                 return True
             done = set(record.steps_done.split(","))
-            for step in STEPS:
+            failed: list[str] = []
+            for step in STEPS:  # independent steps: one service down does not hold the others
                 if step in done:
                     continue
                 try:
                     await self._run_step(step, project_id, record.sealed_token)
                 except grpc.aio.AioRpcError as error:
-                    delay = min(MAX_BACKOFF, timedelta(seconds=2 ** min(record.attempts, 8)))
-                    log.warning(
-                        "deletion of project %s: step %s failed (%s); retrying in %ss",
-                        project_id,
-                        step,
-                        error.code().name,
-                        delay.total_seconds(),
-                    )
-                    await self.store.postpone(project_id, delay)
-                    return False
+                    failed.append(f"{step} ({error.code().name})")
+                    continue
                 await self.store.record_step(project_id, step)
+            if failed:
+                delay = min(MAX_BACKOFF, timedelta(seconds=2 ** min(record.attempts, 8)))
+                log.warning(
+                    "deletion of project %s: %s failed; retrying in %ss",
+                    project_id,
+                    ", ".join(failed),
+                    delay.total_seconds(),
+                )
+                await self.store.postpone(project_id, delay)
+                return False
             await self.store.finish_deletion(project_id)
             log.info("project %s deleted from every service", project_id)
             return True

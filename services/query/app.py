@@ -37,8 +37,10 @@ class QueryApp(ServiceApp):
         self.crypto_channel = open_channel(self.settings.crypto_addr)
         self.crypto = crypto_pb2_grpc.CryptoServiceStub(self.crypto_channel)
         self.tokens = TokenVerifier(self.crypto)
+        self.tokens.start()
 
     async def stop(self) -> None:
+        await self.tokens.stop()
         await self.crypto_channel.close()
         await self.cache.close()
         if self.index is not None:
