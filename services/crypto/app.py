@@ -34,7 +34,8 @@ class CryptoApp(ServiceApp):
         self.audit = AuditChain(self.engine)
 
     async def start(self) -> None:
-        await upgrade_async(self.name, self.url)
+        if self.settings.migrate_on_start:
+            await upgrade_async(self.name, self.url)
 
     async def stop(self) -> None:
         self.kdf.close()
