@@ -48,6 +48,29 @@ _tokenizer: Tokenizer | None = None
 # One inference at a time per process: torch already spreads one batch over every core, and
 # the Hugging Face tokenizer inside the model is not safe to reconfigure from two threads.
 _inference_lock = threading.Lock()
+# Whether this process has run a forward pass (and so started torch's OpenMP thread pool).
+_inference_ran = False
+
+
+def _after_fork_in_child() -> None:
+    """Make a forked child (an RQ work horse, say) safe to embed in.
+
+    The model loaded in the parent is inherited, as intended. But torch's OpenMP pool does not
+    survive fork: in the child of a process that already ran a multi-threaded forward pass,
+    the next one deadlocks. Such a child embeds on one thread. Locks are made anew, in case
+    another thread of the parent held one at the fork.
+    """
+    global _lock, _inference_lock
+    _lock = threading.Lock()
+    _inference_lock = threading.Lock()
+    if _inference_ran:
+        import torch
+
+        torch.set_num_threads(1)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _cpu_count() -> int:
@@ -151,8 +174,10 @@ class Embedder:
             raise TypeError("embed takes a sequence of texts, not a single string")
         if not texts:
             return np.zeros((0, DIMENSION), dtype=np.float32)
+        global _inference_ran
         model = self.model
         with _inference_lock:
+            _inference_ran = True
             vectors = model.encode(
                 [_encodable(text) for text in texts],
                 batch_size=self.batch_size,

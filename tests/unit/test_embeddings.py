@@ -119,3 +119,45 @@ def test_text_with_lone_surrogates_is_embedded(embedder: Embedder) -> None:
     vectors = embedder.embed(["broken \ud800 text"])
     assert vectors.shape == (1, 384)
     assert count_tokens("broken \ud800 text") == count_tokens("broken text")
+
+
+def test_a_forked_child_of_a_process_that_embedded_can_embed() -> None:
+    """RQ work horses are forked from a worker that has the model; without care, torch's
+    thread pool deadlocks the child's first forward pass."""
+    script = textwrap.dedent(
+        """
+        import os
+        import numpy as np
+        from retrieval.embeddings import Embedder
+        embedder = Embedder()
+        parent = embedder.embed(["same text"])
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            child = embedder.embed(["same text"])
+            os.write(write, child.tobytes())
+            os._exit(0)
+        os.close(write)
+        data = b""
+        while chunk := os.read(read, 65536):
+            data += chunk
+        os.waitpid(pid, 0)
+        child = np.frombuffer(data, dtype=np.float32).reshape(1, -1)
+        print(float(np.abs(child - parent).max()))
+        """
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = process.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, 9)
+        process.communicate()
+        pytest.fail("the forked child deadlocked in its first forward pass")
+    assert process.returncode == 0, err
+    assert float(out.strip()) < 1e-5
