@@ -643,7 +643,11 @@ def _bad_points() -> dict[str, list[IndexPoint]]:
         "uint32": [variant(sparse_indices=[2**32], sparse_values=[1.0])],
         "encrypted_text": [variant(encrypted_text=b"")],
         "project_id": [variant(project_id="")],
-        "chunk_index": [variant(chunk_index=-1)],
+        "chunk_index must be >= 0": [variant(chunk_index=-1)],
+        "start_offset must be an integer": [variant(start_offset=1.5)],
+        "term id must be an integer": [variant(sparse_indices=[1.0], sparse_values=[1.0])],
+        "must be bytes": [variant(encrypted_title="plaintext title")],
+        "document_created_at must be finite": [variant(document_created_at=float("nan"))],
         # One bad point spoils the batch: nothing of it is stored.
         "same chunk_id twice": [good, good],
         "dimensions": [point(PROJECT_A, DOC_1, 1, E0), variant(dense=[1.0, 2.0])],

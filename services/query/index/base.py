@@ -29,6 +29,7 @@ from __future__ import annotations
 import abc
 import base64
 import math
+import operator
 import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -228,6 +229,13 @@ class VectorQuery:
 # Validation and payload encoding shared by the backends.
 
 
+def _integer(value: object, what: str) -> int:
+    try:
+        return operator.index(value)  # ints and numpy integers; never floats
+    except TypeError:
+        raise ValueError(f"{what} must be an integer, got {value!r}") from None
+
+
 def canonical_uuid(value: str, what: str) -> str:
     try:
         return str(uuid.UUID(str(value)))
@@ -253,8 +261,11 @@ def sparse_lists(
 
     Terms with a zero value carry no weight and are dropped.
     """
-    ids = [int(i) for i in indices]
-    vals = [float(v) for v in values]
+    ids = [_integer(i, f"{what}: term id") for i in indices]
+    try:
+        vals = [float(v) for v in values]
+    except (TypeError, ValueError):
+        raise ValueError(f"{what}: term values must be numbers") from None
     if len(ids) != len(vals):
         raise ValueError(f"{what}: {len(ids)} indices but {len(vals)} values")
     if len(set(ids)) != len(ids):
@@ -277,7 +288,7 @@ def check_limit(limit: int) -> int:
 
 def _b64(data: bytes, what: str) -> str:
     if not isinstance(data, bytes | bytearray | memoryview):
-        raise ValueError(f"{what} must be bytes (ciphertext)")
+        raise ValueError(f"{what} must be bytes (ciphertext), got {type(data).__name__}")
     return base64.b64encode(bytes(data)).decode("ascii")
 
 
@@ -290,14 +301,22 @@ def prepare_point(point: IndexPoint, dim: int, bm25: Bm25Params) -> PreparedPoin
             raise ValueError(f"chunk {point_id}: {name} must be a non-empty string")
     if not point.encrypted_text:
         raise ValueError(f"chunk {point_id}: encrypted_text must not be empty")
-    for name in ("chunk_index", "source_type", "start_offset", "end_offset"):
-        if not isinstance(getattr(point, name), int):
-            raise ValueError(f"chunk {point_id}: {name} must be an integer")
-    if point.chunk_index < 0:
+    text, title, source = (
+        _b64(getattr(point, name), f"chunk {point_id}: {name}")
+        for name in ("encrypted_text", "encrypted_title", "encrypted_source")
+    )
+    numbers = {
+        name: _integer(getattr(point, name), f"chunk {point_id}: {name}")
+        for name in ("chunk_index", "source_type", "start_offset", "end_offset")
+    }
+    if numbers["chunk_index"] < 0:
         raise ValueError(f"chunk {point_id}: chunk_index must be >= 0")
-    created = float(point.document_created_at)
+    try:
+        created = float(point.document_created_at)
+    except (TypeError, ValueError):
+        created = math.nan
     if not math.isfinite(created):
-        raise ValueError(f"chunk {point_id}: document_created_at must be finite")
+        raise ValueError(f"chunk {point_id}: document_created_at must be finite epoch seconds")
     dense = dense_array(point.dense, dim, f"chunk {point_id}: dense vector")
     ids, freqs = sparse_lists(
         point.sparse_indices, point.sparse_values, f"chunk {point_id}: sparse vector"
@@ -305,13 +324,13 @@ def prepare_point(point: IndexPoint, dim: int, bm25: Bm25Params) -> PreparedPoin
     payload = {
         "project_id": point.project_id,
         "document_id": point.document_id,
-        "chunk_index": point.chunk_index,
-        "encrypted_text": _b64(point.encrypted_text, "encrypted_text"),
-        "encrypted_title": _b64(point.encrypted_title, "encrypted_title"),
-        "encrypted_source": _b64(point.encrypted_source, "encrypted_source"),
-        "source_type": point.source_type,
-        "start_offset": point.start_offset,
-        "end_offset": point.end_offset,
+        "chunk_index": numbers["chunk_index"],
+        "encrypted_text": text,
+        "encrypted_title": title,
+        "encrypted_source": source,
+        "source_type": numbers["source_type"],
+        "start_offset": numbers["start_offset"],
+        "end_offset": numbers["end_offset"],
         "document_created_at": created,
     }
     return PreparedPoint(point_id, dense, ids, bm25.document_weights(freqs), payload)
