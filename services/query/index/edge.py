@@ -72,12 +72,11 @@ class _Host:
 
     _ids = itertools.count(1)
 
-    def __init__(self, proc: asyncio.subprocess.Process, stats: dict[str, Any]) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stdin is not None and proc.stdout is not None
         self.proc = proc
         self.stdin = proc.stdin
         self.stdout = proc.stdout
-        self.stats = stats
         self.pending: dict[int, asyncio.Future[Any]] = {}
         self.reader = asyncio.create_task(self._read_replies())
 
@@ -309,7 +308,7 @@ class EdgeVectorIndex(VectorIndex):
         )
         try:
             assert proc.stdout is not None
-            _, ok, result = await asyncio.wait_for(_read_frame(proc.stdout), self.start_timeout)
+            _, ok, problem = await asyncio.wait_for(_read_frame(proc.stdout), self.start_timeout)
         except (asyncio.IncompleteReadError, TimeoutError):
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
@@ -324,5 +323,5 @@ class EdgeVectorIndex(VectorIndex):
             raise
         if not ok:
             await proc.wait()
-            raise _error(result)
-        return _Host(proc, result)
+            raise _error(problem)
+        return _Host(proc)

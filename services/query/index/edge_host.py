@@ -363,7 +363,7 @@ def serve(
 
     host = Host(shard)
     handlers = host.handlers()
-    write_frame(out, (0, True, host.stats()))
+    write_frame(out, (0, True, None))  # ready
     reader = FrameReader(0)
     dirty_since: float | None = None  # when the first update not yet optimised arrived
     close_request: int | None = None
@@ -373,8 +373,13 @@ def serve(
                 time.monotonic() - dirty_since >= optimize_max_delay
                 or not reader.wait(optimize_idle)
             ):
-                host.optimize()
                 dirty_since = None
+                try:
+                    host.optimize()
+                except (KeyboardInterrupt, SystemExit):
+                    raise
+                except BaseException as error:  # noqa: BLE001 — searches work unoptimised
+                    log.warning("index optimisation failed: %s", error)
                 continue
             reader.wait(None)
             frame = reader.read()
@@ -399,6 +404,8 @@ def serve(
                 break  # the parent is gone; nobody is waiting for the answer
             if op in MUTATING and dirty_since is None:
                 dirty_since = time.monotonic()
+            elif op == "optimize" and result[1]:
+                dirty_since = None
     finally:
         shard.flush()
         shard.close()

@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_COLLECTION = "contextcache_chunks"
 UPSERT_BATCH = 256
+HEALTH_TIMEOUT = 2.0
 HNSW_PAYLOAD_M = 16
 
 
@@ -123,13 +124,11 @@ class ServerVectorIndex(VectorIndex):
         collection: str = DEFAULT_COLLECTION,
         dim: int = DENSE_DIM,
         bm25: Bm25Params | None = None,
-        local: bool = False,
         request_timeout: float = 10.0,
     ) -> None:
         super().__init__(dim=dim, bm25=bm25)
         self.client = client
         self.collection = collection
-        self.local = local
         self.request_timeout = request_timeout
         self._ready = False
         self._ready_lock = asyncio.Lock()
@@ -174,7 +173,6 @@ class ServerVectorIndex(VectorIndex):
             collection=collection,
             dim=dim,
             bm25=bm25,
-            local=url is None,
             request_timeout=request_timeout,
         )
         try:
@@ -196,7 +194,7 @@ class ServerVectorIndex(VectorIndex):
         if self._closed:
             return False
         try:
-            await asyncio.wait_for(self._ping(), self.request_timeout)
+            await asyncio.wait_for(self._ping(), min(self.request_timeout, HEALTH_TIMEOUT))
         except (VectorIndexError, TimeoutError):
             return False
         return True
