@@ -79,6 +79,29 @@ class JobQueue:
                 "Try again shortly, or ingest without background."
             ) from error
 
+    async def waiting(self, document_id: str, attempt: int) -> bool:
+        """Whether the document's job still waits in RQ for a worker (not lost).
+
+        False without Redis, when the job is gone, has ended, or Redis cannot be asked."""
+        if not self.uses_redis:
+            return False
+        from rq.exceptions import NoSuchJobError
+        from rq.job import Job, JobStatus
+
+        def status() -> JobStatus | None:
+            try:
+                job = Job.fetch(f"document-{document_id}-{attempt}", self._rq().connection)
+            except NoSuchJobError:
+                return None
+            return job.get_status(refresh=False)
+
+        try:
+            found = await asyncio.to_thread(status)
+        except Exception as error:  # noqa: BLE001 — Redis down: the job cannot be requeued either
+            log.warning("could not look up the job of document %s: %s", document_id, error)
+            return False
+        return found in (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED)
+
     async def ping(self) -> None:
         if self.uses_redis:
             await asyncio.to_thread(self._rq().connection.ping)
@@ -120,14 +143,17 @@ class Reaper:
                 )
                 await pipeline.fail(document, document.job_token or "", reason)
                 continue
+            attempt = document.attempts + 1
+            if document.status == "queued" and await self.queue.waiting(document.id, attempt):
+                # A backlog, not a lost job: pushing it again would only run it twice.
+                await self.store.extend_queued_lease(document.id, pipeline.lease)
+                continue
             requeued = await self.store.requeue(document.id, pipeline.lease)
             if requeued is None:
                 continue
             try:
-                await self.queue.enqueue(document.id, document.job_token, document.attempts + 1)
-                log.info(
-                    "document %s queued again (attempt %d)", document.id, document.attempts + 1
-                )
+                await self.queue.enqueue(document.id, document.job_token, attempt)
+                log.info("document %s queued again (attempt %d)", document.id, attempt)
             except Unavailable:
                 pass  # still queued with a lease: the next sweep tries again
         return handled

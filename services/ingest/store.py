@@ -141,6 +141,15 @@ class DocumentStore:
                 .values(lease_expires_at=utcnow() + lease)
             )
 
+    async def extend_queued_lease(self, document_id: str, lease: timedelta) -> None:
+        """A queued document whose job still waits for a worker keeps its place."""
+        async with self.sessions.begin() as session:
+            await session.execute(
+                update(DocumentRow)
+                .where(DocumentRow.id == document_id, DocumentRow.status == "queued")
+                .values(lease_expires_at=utcnow() + lease)
+            )
+
     async def set_content(
         self, document: DocumentRow, content_hash: str, title_ct: bytes, text_bytes: int
     ) -> None:
