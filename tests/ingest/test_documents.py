@@ -15,7 +15,7 @@ import pytest
 
 from contextcache.v1 import ingest_pb2, query_pb2
 from runtime.errors import bad_request_of
-from tests.conftest import new_project, running_stack
+from tests.conftest import eventually, new_project, running_stack
 from tests.unit.test_extract import build_pdf
 
 DATA = Path(__file__).resolve().parent.parent / "data"
@@ -47,6 +47,14 @@ def url_request(project_id: str, url: str, background: bool = False):
     return ingest_pb2.IngestDocumentRequest(
         project_id=project_id, url=ingest_pb2.UrlSource(url=url), background=background
     )
+
+
+async def query_reachable_from_ingest(stack) -> bool:
+    status = (
+        await stack.ingest.GetStatus(ingest_pb2.IngestServiceGetStatusRequest())
+    ).status
+    check = next(c for c in status.checks if c.name == "query")
+    return check.result == check.RESULT_OK
 
 
 async def failure(awaitable) -> grpc.aio.AioRpcError:
@@ -246,6 +254,7 @@ async def test_a_failed_document_does_not_block_its_retry(make_settings, site):
         [failed] = await documents_of(stack, project.id, token)
         assert failed.status == ingest_pb2.DOCUMENT_STATUS_FAILED
         await stack.start_service("query")
+        await eventually(lambda: query_reachable_from_ingest(stack), timeout=20)
 
         retried = (
             await stack.ingest.RetryDocument(
