@@ -125,7 +125,10 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         vector = None
         sparse = None
         if mode in ("hybrid", "dense"):
-            vector = (await asyncio.to_thread(self.app.embedder.embed, [query]))[0]
+            vectors = await asyncio.get_running_loop().run_in_executor(
+                self.app.embed_executor, self.app.embedder.embed, [query]
+            )
+            vector = vectors[0]
         if mode in ("hybrid", "keyword"):
             frequencies = term_frequencies(query)
             ids = await cipher.hash_terms(list(frequencies)) if frequencies else {}
