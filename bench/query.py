@@ -1,0 +1,461 @@
+"""Query latency and throughput, directly to the query service and through Envoy. Prints only.
+
+Starts crypto, projects, query, the ratelimit service (rules raised for the bench, counting in
+memory) and Envoy as processes on free ports in a temporary directory (embedded default: SQLite
+and the embedded Qdrant Edge index; no Redis, so no answer comes from the query cache). It
+creates and unlocks a project, then fills it through QueryService.IndexChunks with synthetic
+chunks: random unit 384-d vectors, the real BM25 term vectors of ~150 passages of the
+public-domain texts in examples/documents/ (keyed by crypto's HashTerms under the project's
+key), and real ciphertext of those passages made by crypto (each bound to its own chunk, so
+every returned passage is really decrypted). After each fill the query service is stopped, the
+index's HNSW optimisation is run to completion, and the service is started again.
+
+At each size (10k and 100k chunks by default) it sends natural-language questions (real query
+embedding, keyword hashing, search and decryption) with 1 and 8 concurrent clients (one
+connection each), directly and through Envoy, and prints p50/p95/p99 latency, throughput and
+the service's own mean timings. The load generator shares the machine's cores with the stack.
+
+    .venv/bin/python bench/query.py [--sizes 10000,100000] [--requests 300] [--mode hybrid]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import grpc
+import numpy as np
+from google.protobuf.timestamp_pb2 import Timestamp
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.gateway_load import RAISED, free_port, raised_rules  # noqa: E402
+from contextcache.v1 import (  # noqa: E402
+    ingest_pb2,
+    projects_pb2,
+    projects_pb2_grpc,
+    query_pb2,
+    query_pb2_grpc,
+)
+from retrieval.cipher import ContentCipher  # noqa: E402
+from retrieval.sealing import associated_data, chunk_id  # noqa: E402
+from retrieval.terms import term_frequencies  # noqa: E402
+from runtime.config import Settings  # noqa: E402
+from runtime.gateway import envoy_command, render  # noqa: E402
+from runtime.stack import ready  # noqa: E402
+from services.ingest.pipeline.extract import extract_pdf  # noqa: E402
+from services.query.index import DENSE_DIM  # noqa: E402
+from services.query.index.edge import EdgeVectorIndex  # noqa: E402
+
+PASSPHRASE = "bench passphrase, long enough to pass"
+CHUNKS_PER_DOCUMENT = 20
+PASSAGE_WORDS = 150
+BATCH = 2000
+MODES = {
+    "hybrid": query_pb2.RETRIEVAL_MODE_HYBRID,
+    "dense": query_pb2.RETRIEVAL_MODE_DENSE,
+    "keyword": query_pb2.RETRIEVAL_MODE_KEYWORD,
+}
+QUESTIONS = [
+    "How old must a member of the House of Representatives be?",
+    "Who can declare war?",
+    "How long is the term of the President?",
+    "Who commands the army and navy?",
+    "How long do judges hold their offices?",
+    "What is treason against the United States?",
+    "How is the Constitution amended?",
+    "What is the supreme law of the land?",
+    "Is there freedom of speech and of the press?",
+    "May people keep and bear arms?",
+    "Can soldiers be quartered in a house in time of peace?",
+    "Are unreasonable searches and seizures forbidden?",
+    "Can a person be compelled to be a witness against himself?",
+    "Does the accused have the right to a speedy and public trial?",
+    "Is cruel and unusual punishment allowed?",
+    "When was slavery abolished?",
+    "Who are citizens of the United States?",
+    "Can the right to vote be denied on account of race?",
+    "May Congress lay and collect taxes on incomes?",
+    "How are senators elected?",
+    "Was the sale of intoxicating liquors prohibited?",
+    "Can citizens be denied the vote on account of sex?",
+    "How many times may a person be elected President?",
+    "What if the President is unable to discharge the powers of his office?",
+    "At what age may citizens vote?",
+    "Which truths are self-evident?",
+    "What did the King of Great Britain do to the colonies?",
+    "Why did the colonies declare independence?",
+    "What was dedicated at Gettysburg?",
+    "What is government of the people, by the people, for the people?",
+    "With malice toward none, with charity for all",
+    "What caused the war between the states?",
+]
+
+
+# -- processes ---------------------------------------------------------------------------------
+
+
+class Processes:
+    """The stack's processes, each startable and stoppable on its own."""
+
+    def __init__(self, work: Path, env: dict[str, str]) -> None:
+        self.env = env
+        self.log = (work / "processes.log").open("ab")
+        self.running: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, name: str, command: list[str], port: int | None, extra: dict[str, str]):
+        env = {**self.env, **extra}
+        if port is not None:
+            env["PORT"] = str(port)
+        self.running[name] = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=self.log, stderr=self.log
+        )
+        if port is not None:
+            deadline = time.monotonic() + 120
+            while not ready(port):
+                if self.running[name].poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"{name} did not start; see {self.log.name}")
+                time.sleep(0.2)
+
+    def stop(self, name: str) -> None:
+        process = self.running.pop(name)
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def stop_all(self) -> None:
+        for name in reversed(list(self.running)):
+            self.stop(name)
+        self.log.close()
+
+
+class Bench:
+    def __init__(self, work: Path, mode: str) -> None:
+        self.work = work
+        self.mode = MODES[mode]
+        self.ports = {n: free_port() for n in ("crypto", "projects", "query", "ratelimit")}
+        addresses = {f"{n.upper()}_ADDR": f"127.0.0.1:{p}" for n, p in self.ports.items()}
+        env = {k: v for k, v in os.environ.items() if not k.endswith(("_ADDR", "_URL"))}
+        env.update(
+            addresses,
+            DATA_DIR=str(work / "var"),
+            TOKEN_SEALING_KEY=base64.b64encode(os.urandom(32)).decode(),
+            ARGON2_MEMORY_KIB="8192",
+            ARGON2_TIME_COST="1",
+            LOG_LEVEL="WARNING",
+        )
+        self.processes = Processes(work, env)
+        rules = raised_rules(work)
+        self.settings = Settings(
+            data_dir=work / "var",
+            gateway_port=free_port(),
+            gateway_admin_port=free_port(),
+            ratelimit_rules=rules,
+            gateway_local_rate_limit=RAISED,
+            gateway_health_check_interval=1,
+            **{k.lower(): v for k, v in addresses.items()},
+        )
+        self.ratelimit_env = {"RATELIMIT_RULES": str(rules)}
+        self.direct = f"127.0.0.1:{self.ports['query']}"
+        self.gateway = f"127.0.0.1:{self.settings.gateway_port}"
+
+    def start(self) -> None:
+        python = sys.executable
+        for name in ("crypto", "projects", "ratelimit"):
+            extra = self.ratelimit_env if name == "ratelimit" else {}
+            self.processes.start(name, [python, "-m", f"services.{name}"], self.ports[name], extra)
+        self.start_query()
+        config = render(self.settings, self.work / "envoy.yaml")
+        self.processes.start("envoy", envoy_command(config), None, {})
+
+    def start_query(self) -> None:
+        command = [sys.executable, "-m", "services.query"]
+        self.processes.start("query", command, self.ports["query"], {})
+
+    async def optimize_index(self) -> dict[str, object]:
+        """Stops the query service, builds every pending HNSW graph, starts it again."""
+        self.processes.stop("query")
+        index = await EdgeVectorIndex.open(self.settings.index_path)
+        try:
+            await index.optimize()
+            stats = await index.stats()
+        finally:
+            await index.close()
+        self.start_query()
+        return stats
+
+
+# -- the corpus --------------------------------------------------------------------------------
+
+
+def passages() -> list[str]:
+    """~150-word passages of the sample documents."""
+    documents = ROOT / "examples" / "documents"
+    texts = [extract_pdf((documents / "constitution-of-the-united-states.pdf").read_bytes()).text]
+    texts += [p.read_text(encoding="utf-8") for p in sorted(documents.glob("*.txt"))]
+    words = [w for text in texts for w in text.split()]
+    return [" ".join(words[i : i + PASSAGE_WORDS]) for i in range(0, len(words), PASSAGE_WORDS)]
+
+
+class Corpus:
+    """Synthetic chunks of one project: random dense vectors, real term vectors and
+    ciphertext of real passages, each bound to its own chunk by its associated data."""
+
+    def __init__(self, cipher: ContentCipher, project_id: str) -> None:
+        self.cipher = cipher
+        self.project_id = project_id
+        self.texts = passages()
+        self.rng = np.random.default_rng(7)
+        self.sparse: list[query_pb2.SparseVector] = []
+        self.documents: list[str] = []
+        self.created = Timestamp()
+        self.created.GetCurrentTime()
+
+    async def prepare(self) -> None:
+        frequencies = [term_frequencies(text) for text in self.texts]
+        ids = await self.cipher.hash_terms([t for f in frequencies for t in f])
+        for counts in frequencies:
+            merged: dict[int, float] = {}
+            for term, count in counts.items():
+                merged[ids[term]] = merged.get(ids[term], 0.0) + count
+            ordered = sorted(merged)
+            self.sparse.append(
+                query_pb2.SparseVector(indices=ordered, values=[merged[i] for i in ordered])
+            )
+
+    async def chunks(self, start: int, stop: int) -> list[query_pb2.IndexedChunk]:
+        first_document = start // CHUNKS_PER_DOCUMENT
+        last_document = (stop - 1) // CHUNKS_PER_DOCUMENT
+        while len(self.documents) <= last_document:
+            self.documents.append(str(uuid.uuid4()))
+        new_documents = range(first_document, last_document + 1)
+        meta = await self.cipher.encrypt(
+            [
+                item
+                for d in new_documents
+                for item in (
+                    (
+                        f"Document {d}".encode(),
+                        associated_data("title", self.project_id, self.documents[d]),
+                    ),
+                    (
+                        f"document-{d}.txt".encode(),
+                        associated_data("source", self.project_id, self.documents[d]),
+                    ),
+                )
+            ]
+        )
+        titles = {d: meta[2 * n] for n, d in enumerate(new_documents)}
+        sources = {d: meta[2 * n + 1] for n, d in enumerate(new_documents)}
+        layout = [
+            (i, self.documents[i // CHUNKS_PER_DOCUMENT], i % CHUNKS_PER_DOCUMENT)
+            for i in range(start, stop)
+        ]
+        texts = await self.cipher.encrypt(
+            [
+                (
+                    self.texts[i % len(self.texts)].encode(),
+                    associated_data("chunk", self.project_id, document, index),
+                )
+                for i, document, index in layout
+            ]
+        )
+        vectors = self.rng.standard_normal((stop - start, DENSE_DIM)).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        return [
+            query_pb2.IndexedChunk(
+                chunk_id=chunk_id(self.project_id, document, index),
+                document_id=document,
+                chunk_index=index,
+                dense=vectors[n].tolist(),
+                sparse=self.sparse[i % len(self.texts)],
+                encrypted_text=texts[n],
+                encrypted_title=titles[i // CHUNKS_PER_DOCUMENT],
+                encrypted_source=sources[i // CHUNKS_PER_DOCUMENT],
+                source_type=ingest_pb2.SOURCE_TYPE_TEXT_FILE,
+                start_offset=0,
+                end_offset=len(self.texts[i % len(self.texts)]),
+                document_created_at=self.created,
+            )
+            for n, (i, document, index) in enumerate(layout)
+        ]
+
+
+# -- measuring ---------------------------------------------------------------------------------
+
+
+async def measure(
+    target: str, project_id: str, metadata, mode: int, clients: int, requests: int
+) -> tuple[np.ndarray, float, list[query_pb2.QueryTimings]]:
+    """Latencies (ms) of `requests` queries from `clients` connections, and queries/s."""
+    channels = [grpc.aio.insecure_channel(target) for _ in range(clients)]
+    stubs = [query_pb2_grpc.QueryServiceStub(c) for c in channels]
+    rng = np.random.default_rng(11)
+    order = [QUESTIONS[i] for i in rng.integers(0, len(QUESTIONS), size=requests)]
+    latencies: list[float] = []
+    timings: list[query_pb2.QueryTimings] = []
+
+    async def ask(stub, text: str) -> None:
+        began = time.perf_counter()
+        response = await stub.Query(
+            query_pb2.QueryRequest(project_id=project_id, query=text, top_k=5, mode=mode),
+            metadata=metadata,
+            timeout=30,
+        )
+        latencies.append((time.perf_counter() - began) * 1000)
+        timings.append(response.timings)
+        if len(response.passages) != 5 and mode != query_pb2.RETRIEVAL_MODE_KEYWORD:
+            raise SystemExit(f"expected 5 passages, got {len(response.passages)}")
+
+    async def client(n: int) -> None:
+        for text in order[n::clients]:
+            await ask(stubs[n], text)
+
+    try:
+        for stub in stubs:  # connect and warm up every connection
+            for text in QUESTIONS[:3]:
+                await ask(stub, text)
+        latencies.clear()
+        timings.clear()
+        began = time.perf_counter()
+        await asyncio.gather(*(client(n) for n in range(clients)))
+        elapsed = time.perf_counter() - began
+    finally:
+        for channel in channels:
+            await channel.close()
+    return np.array(latencies), requests / elapsed, timings
+
+
+async def wait_for_gateway(bench: Bench, project_id: str, metadata) -> None:
+    """Until Envoy routes queries to the (re)started query service."""
+    async with grpc.aio.insecure_channel(bench.gateway) as channel:
+        stub = query_pb2_grpc.QueryServiceStub(channel)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                await stub.Query(
+                    query_pb2.QueryRequest(project_id=project_id, query="warm up"),
+                    metadata=metadata,
+                    timeout=10,
+                )
+                return
+            except grpc.aio.AioRpcError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.5)
+
+
+def mean(values: list[float]) -> float:
+    return statistics.fmean(values) if values else 0.0
+
+
+async def run(args: argparse.Namespace) -> None:
+    work = Path(tempfile.mkdtemp(prefix="bench-query-"))
+    bench = Bench(work, args.mode)
+    try:
+        bench.start()
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{bench.ports['projects']}") as channel:
+            projects = projects_pb2_grpc.ProjectServiceStub(channel)
+            project = (
+                await projects.CreateProject(
+                    projects_pb2.CreateProjectRequest(name="bench", passphrase=PASSPHRASE)
+                )
+            ).project
+
+            async def unlock() -> tuple[tuple[str, str], ...]:
+                response = await projects.UnlockProject(
+                    projects_pb2.UnlockProjectRequest(project_id=project.id, passphrase=PASSPHRASE)
+                )
+                return (("x-unlock-token", response.unlock_token),)
+
+            metadata = await unlock()
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{bench.ports['crypto']}") as crypto:
+                from contextcache.v1 import crypto_pb2_grpc
+
+                cipher = ContentCipher(
+                    crypto_pb2_grpc.CryptoServiceStub(crypto), project.id, metadata[0][1]
+                )
+                corpus = Corpus(cipher, project.id)
+                await corpus.prepare()
+                print(
+                    f"stack in {work} ({os.cpu_count()} cores); {len(corpus.texts)} distinct "
+                    f"passages; mode {args.mode}; top_k 5; no query cache",
+                    flush=True,
+                )
+                indexed = 0
+                for size in args.sizes:
+                    began = time.perf_counter()
+                    async with grpc.aio.insecure_channel(
+                        bench.direct, options=[("grpc.max_send_message_length", 64 << 20)]
+                    ) as query_channel:
+                        stub = query_pb2_grpc.QueryServiceStub(query_channel)
+                        for start in range(indexed, size, BATCH):
+                            chunks = await corpus.chunks(start, min(size, start + BATCH))
+                            await stub.IndexChunks(
+                                query_pb2.IndexChunksRequest(project_id=project.id, chunks=chunks),
+                                timeout=300,
+                            )
+                    filled = time.perf_counter() - began
+                    began = time.perf_counter()
+                    stats = await bench.optimize_index()
+                    optimized = time.perf_counter() - began
+                    indexed = size
+                    metadata = await unlock()  # fresh token for the measuring rounds
+                    await wait_for_gateway(bench, project.id, metadata)
+                    print(
+                        f"\n{stats['points']:,} chunks indexed ({filled:.0f} s through "
+                        f"IndexChunks, optimise + restart {optimized:.0f} s, "
+                        f"{stats['segments']} segments)"
+                    )
+                    print(
+                        f"  {'Query, ms':<22} {'p50':>7} {'p95':>7} {'p99':>7} {'q/s':>7}   "
+                        f"server mean: embed search decrypt total"
+                    )
+                    for label, target in (("direct", bench.direct), ("envoy", bench.gateway)):
+                        for clients in (1, 8):
+                            samples, rate, timings = await measure(
+                                target, project.id, metadata, bench.mode, clients, args.requests
+                            )
+                            p50, p95, p99 = np.percentile(samples, [50, 95, 99])
+                            print(
+                                f"  {label + f', {clients} client' + 's' * (clients > 1):<22} "
+                                f"{p50:7.1f} {p95:7.1f} {p99:7.1f} {rate:7.1f}   "
+                                f"{mean([t.embed_ms for t in timings]):18.1f} "
+                                f"{mean([t.search_ms for t in timings]):6.1f} "
+                                f"{mean([t.decrypt_ms for t in timings]):7.1f} "
+                                f"{mean([t.total_ms for t in timings]):5.1f}",
+                                flush=True,
+                            )
+    finally:
+        bench.processes.stop_all()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--sizes",
+        type=lambda text: [int(s) for s in re.split(r"[, ]+", text) if s],
+        default=[10_000, 100_000],
+    )
+    parser.add_argument("--requests", type=int, default=300, help="per round")
+    parser.add_argument("--mode", choices=sorted(MODES), default="hybrid")
+    asyncio.run(run(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
