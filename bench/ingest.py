@@ -21,18 +21,14 @@ import tempfile
 import time
 from pathlib import Path
 
-# Run as a script, this file's folder comes first on sys.path, where bench/retrieval.py would
-# shadow the `retrieval` package.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
-
-from contextcache.v1 import ingest_pb2  # noqa: E402
-from retrieval.embeddings import Embedder, load_model  # noqa: E402
-from runtime.config import Settings  # noqa: E402
-from services.ingest.ingestion import EMBED_BATCH, prepare_text  # noqa: E402
-from services.ingest.pipeline.chunker import Chunker  # noqa: E402
-from services.ingest.pipeline.errors import IngestError  # noqa: E402
-from services.ingest.pipeline.extract import extract_html  # noqa: E402
-from tests.conftest import fresh_database, new_project, postgres_available, running_stack  # noqa: E402
+from contextcache.v1 import ingest_pb2
+from retrieval.embeddings import Embedder, load_model
+from runtime.config import Settings
+from services.ingest.ingestion import EMBED_BATCH, prepare_text
+from services.ingest.pipeline.chunker import Chunker
+from services.ingest.pipeline.errors import IngestError
+from services.ingest.pipeline.extract import extract_html
+from tests.conftest import fresh_database, new_project, postgres_available, running_stack
 
 MANUAL = Path("/usr/share/doc/postgresql-doc-15/html")
 INSTALL_HINT = (

@@ -1,10 +1,10 @@
 """Retrieval quality of dense, keyword and hybrid search on the PostgreSQL manual.
 
-    .venv/bin/python bench/retrieval.py [--rounds 3] [--misses] [--json out.json]
+    .venv/bin/python bench/hybrid_retrieval.py [--rounds 3] [--misses] [--json out.json]
 
 Starts the four services in this process on the embedded default (SQLite files and the
 embedded Qdrant Edge index in a temporary directory, no Redis, so no query is served from a
-cache), creates a project, ingests the pages listed in bench/retrieval_questions.json from
+cache), creates a project, ingests the pages listed in bench/hybrid_retrieval_questions.json from
 Debian's postgresql-doc-15 through IngestService.IngestDocument, then asks every question in
 each mode through QueryService.Query over gRPC (top_k 5).
 
@@ -49,7 +49,7 @@ from services.ingest.pipeline.extract import extract_html  # noqa: E402
 from services.ingest.pipeline.normalize import normalize_text  # noqa: E402
 
 MANUAL = Path("/usr/share/doc/postgresql-doc-15/html")
-QUESTIONS = Path(__file__).with_name("retrieval_questions.json")
+QUESTIONS = Path(__file__).with_name("hybrid_retrieval_questions.json")
 MODES = {
     "dense": query_pb2.RETRIEVAL_MODE_DENSE,
     "keyword": query_pb2.RETRIEVAL_MODE_KEYWORD,
