@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import sys
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -145,14 +145,21 @@ class Settings(BaseSettings):
         return self.qdrant_path or self.data_dir / "qdrant"
 
 
-def load_settings() -> Settings:
-    """Reads the environment; exits with a clear message naming each bad variable."""
+SettingsT = TypeVar("SettingsT", bound=BaseSettings)
+
+
+def settings_or_exit(kind: type[SettingsT], title: str = "configuration") -> SettingsT:
+    """Reads settings from the environment; exits with a message naming each bad variable."""
     try:
-        return Settings()
+        return kind()
     except ValidationError as error:
-        lines = ["ContextCache configuration error:"]
+        lines = [f"ContextCache {title} error:"]
         for problem in error.errors():
-            variable = "_".join(str(part) for part in problem["loc"]).upper()
+            variable = "_".join(str(part) for part in problem["loc"]).upper() or "(settings)"
             lines.append(f"  {variable}: {problem['msg']}")
         print("\n".join(lines), file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def load_settings() -> Settings:
+    return settings_or_exit(Settings)

@@ -8,6 +8,7 @@ own. Without DATABASE_URL each service uses its own SQLite file under DATA_DIR.
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from pathlib import Path
 
 from alembic import command
@@ -17,6 +18,23 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from runtime.config import ServiceName, Settings
 from runtime.health import Dependency
+
+# Constraint and index names every service's tables use (stable names for migrations).
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def as_utc(value: datetime) -> datetime:
+    """Every stored time is UTC; SQLite hands datetimes back without a zone."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def database_url(settings: Settings, service: ServiceName) -> str:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
+from google.protobuf import timestamp_pb2
+
 from contextcache.v1 import (
     crypto_pb2,
     ingest_pb2,
@@ -21,3 +25,14 @@ PROJECT_SERVICE = projects_pb2.DESCRIPTOR.services_by_name["ProjectService"].ful
 CRYPTO_SERVICE = crypto_pb2.DESCRIPTOR.services_by_name["CryptoService"].full_name
 INGEST_SERVICE = ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name
 QUERY_SERVICE = query_pb2.DESCRIPTOR.services_by_name["QueryService"].full_name
+
+
+def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+    """A stored (UTC) datetime as a protobuf Timestamp; None stays unset."""
+    if value is None:
+        return None
+    from runtime.db import as_utc
+
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(as_utc(value))
+    return stamp

@@ -12,10 +12,10 @@ import logging
 import os
 import sys
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from runtime.config import Settings
+from runtime.config import Settings, settings_or_exit
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +44,7 @@ class CryptoConfig(BaseSettings):
 
 
 def load_crypto_config() -> CryptoConfig:
-    try:
-        return CryptoConfig()
-    except ValidationError as error:
-        lines = ["ContextCache crypto configuration error:"]
-        for problem in error.errors():
-            variable = "_".join(str(part) for part in problem["loc"]).upper() or "ARGON2_*"
-            lines.append(f"  {variable}: {problem['msg']}")
-        print("\n".join(lines), file=sys.stderr)
-        raise SystemExit(2) from None
+    return settings_or_exit(CryptoConfig, "crypto configuration")
 
 
 def token_master_key(settings: Settings) -> bytes:

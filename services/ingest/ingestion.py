@@ -37,6 +37,7 @@ from retrieval.embeddings import Embedder
 from retrieval.sealing import associated_data, chunk_id
 from retrieval.terms import term_frequencies
 from runtime.clients import calling
+from runtime.db import as_utc
 from runtime.errors import AlreadyExists, ServiceError, Unavailable
 from runtime.tokens import TOKEN_METADATA_KEY
 from services.ingest.models import ChunkRow, DocumentRow, FactRow
@@ -46,7 +47,7 @@ from services.ingest.pipeline.extract import extract
 from services.ingest.pipeline.facts import extract_facts
 from services.ingest.pipeline.fetch import UrlFetcher
 from services.ingest.pipeline.normalize import content_hash, has_readable_text, normalize_text
-from services.ingest.store import DocumentStore, as_utc
+from services.ingest.store import DocumentStore
 
 log = logging.getLogger(__name__)
 EMBED_BATCH = 64

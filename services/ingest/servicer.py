@@ -12,7 +12,7 @@ import uuid
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf import duration_pb2
 
 from contextcache.v1 import (
     crypto_pb2,
@@ -23,6 +23,7 @@ from contextcache.v1 import (
 from retrieval.cipher import ContentCipher
 from retrieval.sealing import associated_data
 from runtime.clients import calling
+from runtime.db import as_utc, utcnow
 from runtime.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -31,13 +32,12 @@ from runtime.errors import (
     Unavailable,
 )
 from runtime.paging import decode_cursor, encode_cursor, page_size
-from runtime.protos import INGEST_SERVICE
+from runtime.protos import INGEST_SERVICE, timestamp
 from runtime.tokens import TOKEN_METADATA_KEY
 from services.ingest.ingestion import Outcome, Prepared, prepare, prepare_text
 from services.ingest.models import DocumentRow
 from services.ingest.pipeline.errors import IngestError
 from services.ingest.pipeline.fetch import resolve_host
-from services.ingest.store import as_utc, utcnow
 
 if TYPE_CHECKING:
     from services.ingest.app import IngestApp
@@ -53,14 +53,6 @@ STATUS_NAMES = {
 }
 STATUS_VALUES = {name: value for value, name in STATUS_NAMES.items()}
 TERMINAL = ("completed", "failed")
-
-
-def _timestamp(value) -> timestamp_pb2.Timestamp | None:  # type: ignore[no-untyped-def]
-    if value is None:
-        return None
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(as_utc(value))
-    return stamp
 
 
 class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
@@ -106,9 +98,9 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 error=row.error,
                 text_bytes=row.text_bytes,
                 attempts=row.attempts,
-                created_at=_timestamp(row.created_at),
-                updated_at=_timestamp(row.updated_at),
-                completed_at=_timestamp(row.completed_at),
+                created_at=timestamp(row.created_at),
+                updated_at=timestamp(row.updated_at),
+                completed_at=timestamp(row.completed_at),
             )
             for i, row in enumerate(rows)
         ]
@@ -370,7 +362,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 entry.fact_count = found.facts
                 entry.stored_bytes = found.stored_bytes
                 if found.last_completed_at is not None:
-                    entry.last_ingest_at.CopyFrom(_timestamp(found.last_completed_at))
+                    entry.last_ingest_at.CopyFrom(timestamp(found.last_completed_at))
             stats.append(entry)
         return ingest_pb2.GetIngestStatsResponse(stats=stats)
 

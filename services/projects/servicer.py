@@ -10,7 +10,7 @@ import logging
 from typing import TYPE_CHECKING
 
 import grpc
-from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf import duration_pb2
 
 from contextcache.v1 import (
     crypto_pb2,
@@ -19,12 +19,13 @@ from contextcache.v1 import (
     projects_pb2_grpc,
 )
 from runtime.clients import calling
+from runtime.db import as_utc, utcnow
 from runtime.errors import InvalidArgument
 from runtime.paging import decode_cursor, encode_cursor, page_size
-from runtime.protos import PROJECT_SERVICE
+from runtime.protos import PROJECT_SERVICE, timestamp
 from runtime.tokens import TOKEN_METADATA_KEY
 from services.projects.models import ProjectRow
-from services.projects.store import as_utc, new_project_id, utcnow
+from services.projects.store import new_project_id
 
 if TYPE_CHECKING:
     from services.projects.app import ProjectsApp
@@ -47,12 +48,6 @@ def clean_name(name: str, field: str = "name") -> str:
             "project.name.max_len",
         )
     return trimmed
-
-
-def timestamp(value) -> timestamp_pb2.Timestamp:  # type: ignore[no-untyped-def]
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(as_utc(value))
-    return stamp
 
 
 def to_proto(

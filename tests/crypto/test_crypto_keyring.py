@@ -283,10 +283,11 @@ def test_a_burst_of_derivations_queues_within_bounds(tmp_path):
         }
     )
     service = RunningCrypto(settings_for(f"sqlite:///{tmp_path}/c.db", tmp_path), config)
-    heavy = crypto_pb2.Argon2Params(time_cost=3, memory_kib=65536, parallelism=1)
+    # Heavy enough (~0.5 s each) that the burst overlaps even on a busy machine.
+    heavy = crypto_pb2.Argon2Params(time_cost=8, memory_kib=65536, parallelism=1)
     request = crypto_pb2.DeriveKeyRequest(passphrase="pw", salt=b"s" * 16, params=heavy)
     try:
-        calls = [service.stub.DeriveKey.future(request) for _ in range(12)]
+        calls = [service.stub.DeriveKey.future(request) for _ in range(24)]
         errors = [call.exception() for call in calls]
         succeeded = [e for e in errors if e is None]
         refused = [e for e in errors if e is not None]
