@@ -1,9 +1,10 @@
-"""Load through the Envoy gateway with k6: starts the project service, the ratelimit service
-(limits raised for the test, counting in Redis when it answers) and Envoy on free ports,
-runs bench/load.js at a fixed arrival rate and prints its p50/p95/p99 and error rate.
+"""Load through the Envoy gateway with k6: starts the whole stack as `make run` does (every
+service, the rate-limit service with limits raised for the test, Envoy) on free ports in a
+temporary directory, seeds a project with a document, runs bench/load.js at a fixed arrival
+rate and prints its p50/p95/p99 and error rate.
 
-    .venv/bin/python bench/gateway_load.py            # RATE=50 DURATION=60s by default
-    RATE=100 DURATION=30s WORKLOAD=GetStatus=1,ListProjects=1 .venv/bin/python bench/gateway_load.py
+    .venv/bin/python bench/gateway_load.py    # RATE=50 DURATION=60s; GetProject/ListDocuments/Query
+    RATE=100 DURATION=30s WORKLOAD=GetStatus=1,Query=3 .venv/bin/python bench/gateway_load.py
 """
 
 from __future__ import annotations
@@ -14,18 +15,14 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
-import uuid
 from pathlib import Path
 
-import redis
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from runtime.config import Settings  # noqa: E402
-from runtime.gateway import envoy_command, render  # noqa: E402
 
 RAISED = 1_000_000
 
@@ -68,83 +65,78 @@ def raised_rules(directory: Path) -> Path:
     return path
 
 
-def shared_redis() -> str:
-    url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-    try:
-        redis.Redis.from_url(url, socket_timeout=1).ping()
-        return url
-    except redis.RedisError:
-        return ""
+PASSPHRASE = "gateway load passphrase 2026"
+SEED_TEXT = (
+    "Envoy is a high-performance proxy designed for service-oriented architectures. "
+    "It supports HTTP/2 and gRPC, health checking, retries and rate limiting. "
+    "Rate limits protect services from bursts of traffic from a single client."
+)
+
+
+def seed(gateway: str) -> tuple[str, str]:
+    """A project with one document, created through the gateway; (project id, token)."""
+    import grpc
+
+    from contextcache.v1 import ingest_pb2, ingest_pb2_grpc, projects_pb2, projects_pb2_grpc
+
+    with grpc.insecure_channel(gateway) as channel:
+        projects = projects_pb2_grpc.ProjectServiceStub(channel)
+        project = projects.CreateProject(
+            projects_pb2.CreateProjectRequest(name="load", passphrase=PASSPHRASE), timeout=60
+        ).project
+        token = projects.UnlockProject(
+            projects_pb2.UnlockProjectRequest(project_id=project.id, passphrase=PASSPHRASE),
+            timeout=60,
+        ).unlock_token
+        ingest_pb2_grpc.IngestServiceStub(channel).IngestDocument(
+            ingest_pb2.IngestDocumentRequest(
+                project_id=project.id,
+                text=ingest_pb2.TextSource(title="Envoy", body=SEED_TEXT),
+            ),
+            metadata=(("x-unlock-token", token),),
+            timeout=300,
+        )
+    return project.id, token
 
 
 def main() -> None:
+    from runtime.stack import Stack
+
     work = Path(tempfile.mkdtemp(prefix="gateway-load-"))
-    processes: list[subprocess.Popen] = []
-    python = sys.executable
-    log = (work / "processes.log").open("wb")
-
-    def start(command: list[str], env: dict[str, str]) -> None:
-        processes.append(
-            subprocess.Popen(command, cwd=ROOT, env={**os.environ, **env}, stdout=log, stderr=log)
-        )
-
-    try:
-        projects, crypto, ratelimit = free_port(), free_port(), free_port()
-        rules = raised_rules(work)
-        redis_url = shared_redis()
-        # CreateProject (setup) needs crypto; ingest and query are started by nobody here:
-        # their workloads need `make run`'s stack (pass GATEWAY to k6 directly).
-        common = {"DATA_DIR": str(work), "CRYPTO_ADDR": f"127.0.0.1:{crypto}"}
-        start([python, "-m", "services.crypto"], {**common, "PORT": str(crypto)})
-        start([python, "-m", "services.projects"], {**common, "PORT": str(projects)})
-        start(
-            [python, "-m", "services.ratelimit"],
-            {
-                "PORT": str(ratelimit),
-                "RATELIMIT_RULES": str(rules),
-                "REDIS_URL": redis_url,
-                "RATELIMIT_KEY_PREFIX": f"bench-{uuid.uuid4().hex[:8]}",
-            },
-        )
-        wait(lambda: all(map(port_open, (projects, crypto, ratelimit))), 60, "the services")
-        settings = Settings(
-            gateway_port=free_port(),
-            gateway_admin_port=free_port(),
-            projects_addr=f"127.0.0.1:{projects}",
-            ratelimit_addr=f"127.0.0.1:{ratelimit}",
-            ratelimit_rules=rules,
-            gateway_local_rate_limit=RAISED,
-            gateway_health_check_interval=1,
-        )
-        start(envoy_command(render(settings, work / "envoy.yaml")), {})
-        admin = f"http://127.0.0.1:{settings.gateway_admin_port}"
-
-        def ready() -> bool:
-            with urllib.request.urlopen(f"{admin}/clusters", timeout=2) as response:
-                text = response.read().decode()
-            return "projects::" in text and "health_flags::healthy" in text
-
-        wait(ready, 30, "Envoy with a healthy project service")
-        print(f"counting rate limits in {'Redis' if redis_url else 'memory'}; logs in {work}")
-        env = {"GATEWAY": f"127.0.0.1:{settings.gateway_port}", "K6_NO_USAGE_REPORT": "true"}
-        k6 = str(Path(python).parent / "k6")
+    rules = raised_rules(work)
+    ports = {name: free_port() for name in ("projects", "ingest", "query", "crypto", "ratelimit")}
+    env = {k: v for k, v in os.environ.items() if not k.endswith(("_ADDR", "_URL"))}
+    env.update({f"{name.upper()}_ADDR": f"127.0.0.1:{port}" for name, port in ports.items()})
+    env.update(
+        DATA_DIR=str(work),
+        GATEWAY_PORT=str(free_port()),
+        GATEWAY_ADMIN_PORT=str(free_port()),
+        GATEWAY_HEALTH_CHECK_INTERVAL="1",
+        GATEWAY_LOCAL_RATE_LIMIT=str(RAISED),
+        RATELIMIT_RULES=str(rules),
+    )
+    os.environ.update(env)
+    settings = Settings()
+    gateway = f"127.0.0.1:{settings.gateway_port}"
+    with Stack(settings, env, log=work / "stack.log"):
+        project_id, token = seed(gateway)
+        print(f"stack up, project seeded; logs and data in {work}")
+        k6_env = {
+            "GATEWAY": gateway,
+            "PROJECT_ID": project_id,
+            "UNLOCK_TOKEN": token,
+            "WORKLOAD": os.environ.get("WORKLOAD", "GetProject=1,ListDocuments=1,Query=1"),
+            "K6_NO_USAGE_REPORT": "true",
+        }
+        k6 = str(Path(sys.executable).parent / "k6")
         result = subprocess.run(
             [k6, "run", "--quiet", str(ROOT / "bench" / "load.js")],
-            env={**os.environ, **env},
+            env={**env, **k6_env},
             check=False,
-            timeout=600,
+            timeout=900,
         )
-        if result.returncode:
-            raise SystemExit(result.returncode)
-    finally:
-        for process in reversed(processes):
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        log.close()
+    if result.returncode:
+        raise SystemExit(result.returncode)
 
 
 if __name__ == "__main__":

@@ -69,10 +69,14 @@ def ready(port: int, timeout: float = 1.0) -> bool:
 
 
 class Stack:
-    def __init__(self, settings: Settings, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, settings: Settings, env: dict[str, str] | None = None, log: Path | None = None
+    ) -> None:
+        """`log`: a file for the children's output (default: this terminal)."""
         self.settings = settings
         self.env = dict(os.environ if env is None else env)
         self.children = children(settings)
+        self.log = log
 
     def start(self, timeout: float = 120.0) -> None:
         Path(self.settings.data_dir).mkdir(parents=True, exist_ok=True)
@@ -81,9 +85,17 @@ class Stack:
             env.pop("PORT", None)
             if child.port is not None:
                 env["PORT"] = str(child.port)
+            output = self.log.open("ab") if self.log else None
             child.process = subprocess.Popen(  # noqa: S603 — our own interpreter and binaries
-                child.argv, cwd=REPO_ROOT, env=env, start_new_session=True
+                child.argv,
+                cwd=REPO_ROOT,
+                env=env,
+                start_new_session=True,
+                stdout=output,
+                stderr=subprocess.STDOUT if output else None,
             )
+            if output:
+                output.close()  # the child holds its own descriptor
             if child.port is not None:
                 self._wait_ready(child, timeout)
         self._wait_gateway(timeout)
