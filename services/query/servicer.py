@@ -102,7 +102,8 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
             chunks = await self._retrieve(request.project_id, [cid for cid, _ in ranking])
             search_ms = _ms(search_started)
         scores = dict(ranking)
-        chunks = [c for c in chunks if scores[c.chunk_id] >= request.min_score]
+        if request.HasField("min_score"):
+            chunks = [c for c in chunks if scores[c.chunk_id] >= request.min_score]
 
         decrypt_started = time.perf_counter()
         passages = await self._passages(cipher, chunks, scores)

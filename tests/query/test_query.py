@@ -407,6 +407,8 @@ async def test_filters_min_score_timings_and_default_top_k(stack):
 
     ranked = await query(stack, project.id, token, text, top_k=50, mode=DENSE)
     scores = [p.score for p in ranked.passages]
+    unrelated = await query(stack, project.id, token, "0", top_k=50, mode=DENSE)
+    assert len(unrelated.passages) == len(ranked.passages)  # no min_score: nothing dropped
     threshold = scores[3]
     above = await query(stack, project.id, token, text, top_k=50, mode=DENSE, min_score=threshold)
     assert [p.score for p in above.passages] == [s for s in scores if s >= threshold]
