@@ -50,9 +50,7 @@ def url_request(project_id: str, url: str, background: bool = False):
 
 
 async def query_reachable_from_ingest(stack) -> bool:
-    status = (
-        await stack.ingest.GetStatus(ingest_pb2.IngestServiceGetStatusRequest())
-    ).status
+    status = (await stack.ingest.GetStatus(ingest_pb2.IngestServiceGetStatusRequest())).status
     check = next(c for c in status.checks if c.name == "query")
     return check.result == check.RESULT_OK
 
