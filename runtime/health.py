@@ -19,6 +19,7 @@ from grpc_health.v1 import health, health_pb2
 
 from contextcache.v1 import common_pb2
 from runtime import VERSION
+from runtime.background import Periodic
 
 log = logging.getLogger(__name__)
 LIVENESS = "liveness"
@@ -88,7 +89,7 @@ class Readiness:
         self.dependencies = list(dependencies)
         self.environment = environment
         self.servicer = health.aio.HealthServicer()
-        self._task: asyncio.Task[None] | None = None
+        self._refreshes: Periodic | None = None
         self._ready: bool | None = None
 
     async def check(self) -> list[CheckResult]:
@@ -112,20 +113,12 @@ class Readiness:
 
     async def start(self, interval: float) -> None:
         await self.refresh()
-
-        async def loop() -> None:
-            while True:
-                await asyncio.sleep(interval)
-                try:
-                    await self.refresh()
-                except Exception:
-                    log.exception("readiness refresh failed")
-
-        self._task = asyncio.create_task(loop(), name="readiness")
+        self._refreshes = Periodic("readiness", self.refresh, interval)
+        self._refreshes.start()
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
+        if self._refreshes is not None:
+            await self._refreshes.stop()
         await self.servicer.enter_graceful_shutdown()
 
     async def service_status(self, service: str) -> common_pb2.ServiceStatus:

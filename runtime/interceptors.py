@@ -21,6 +21,7 @@ import protovalidate
 from google.protobuf.message import Message
 
 from runtime import context as call_context
+from runtime.background import cancel_and_wait
 from runtime.errors import (
     STATUS_DETAILS_KEY,
     FieldViolation,
@@ -195,7 +196,7 @@ async def _as_generator(
         if result is not None:  # a unary-style return from a streaming handler
             yield result
     finally:
-        task.cancel()
+        await cancel_and_wait(task)
 
 
 def _wrap(

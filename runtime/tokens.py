@@ -32,6 +32,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from contextcache.v1 import crypto_pb2, crypto_pb2_grpc
+from runtime.background import cancel_and_wait
 from runtime.clients import calling
 from runtime.errors import Unauthenticated
 
@@ -143,8 +144,7 @@ class TokenVerifier:
         self._prefetching = asyncio.create_task(self.prefetch(), name="token-key-prefetch")
 
     async def stop(self) -> None:
-        if self._prefetching is not None:
-            self._prefetching.cancel()
+        await cancel_and_wait(self._prefetching)
 
     async def _verification_key(self) -> Ed25519PublicKey:
         if self._key is None:

@@ -28,6 +28,7 @@ from contextcache.v1 import (
     projects_pb2_grpc,
     query_pb2_grpc,
 )
+from runtime.background import cancel_and_wait
 from runtime.config import Settings
 from runtime.server import Server, ServiceApp
 
@@ -142,6 +143,7 @@ class TcpProxy:
         self.port = free_port()
         self._server: asyncio.base_events.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._connections: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
@@ -154,8 +156,13 @@ class TcpProxy:
         for writer in list(self._writers):
             writer.close()
         self._writers.clear()
+        for connection in list(self._connections):
+            await cancel_and_wait(connection)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connection = asyncio.current_task()
+        self._connections.add(connection)
+        connection.add_done_callback(self._connections.discard)
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.target)
         except OSError:

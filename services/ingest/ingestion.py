@@ -13,7 +13,6 @@ This module never logs document text, titles or URLs.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import hashlib
 import json
@@ -36,6 +35,7 @@ from retrieval.cipher import ContentCipher
 from retrieval.embeddings import Embedder
 from retrieval.sealing import associated_data, chunk_id
 from retrieval.terms import term_frequencies
+from runtime.background import cancel_and_wait
 from runtime.clients import calling
 from runtime.db import as_utc
 from runtime.errors import AlreadyExists, ServiceError, Unavailable
@@ -147,9 +147,7 @@ class IngestionPipeline:
             await self.fail(document, token, error.message)
             return Result(Outcome.FAILED, error.message, error)
         finally:
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
+            await cancel_and_wait(heartbeat)
         if not stored:
             await self._unindex(document)  # deleted while it was being processed
             return Result(Outcome.SKIPPED)

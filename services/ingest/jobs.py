@@ -15,6 +15,7 @@ from typing import Any
 
 from opentelemetry import propagate
 
+from runtime.background import Periodic
 from runtime.errors import Unavailable
 from services.ingest.ingestion import IngestionPipeline, Result
 from services.ingest.store import DocumentStore
@@ -127,7 +128,7 @@ class Reaper:
         self.queue = queue
         self._pipeline = pipeline
         self.interval = interval
-        self._task: asyncio.Task[None] | None = None
+        self._sweeps = Periodic("ingest-reaper", self.sweep, interval)
 
     async def sweep(self) -> int:
         handled = 0
@@ -159,16 +160,7 @@ class Reaper:
         return handled
 
     def start(self) -> None:
-        async def loop() -> None:
-            while True:
-                await asyncio.sleep(self.interval)
-                try:
-                    await self.sweep()
-                except Exception:
-                    log.exception("reaper sweep failed")
-
-        self._task = asyncio.create_task(loop(), name="ingest-reaper")
+        self._sweeps.start()
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
+        await self._sweeps.stop()

@@ -23,6 +23,7 @@ from contextcache.v1 import (
     query_pb2,
     query_pb2_grpc,
 )
+from runtime.background import Periodic
 from runtime.tokens import TOKEN_METADATA_KEY
 from services.projects.store import ProjectStore
 
@@ -45,7 +46,7 @@ class ProjectDeletion:
         self.ingest = ingest
         self.query = query
         self.retry_interval = retry_interval
-        self._task: asyncio.Task[None] | None = None
+        self._retries = Periodic("project-deletions", self.retry_pending, retry_interval)
         self._locks: dict[str, asyncio.Lock] = {}
 
     async def carry_out(self, project_id: str) -> bool:
@@ -120,16 +121,7 @@ class ProjectDeletion:
             await self.carry_out(record.project_id)
 
     def start(self) -> None:
-        async def loop() -> None:
-            while True:
-                try:
-                    await self.retry_pending()
-                except Exception:
-                    log.exception("deletion retry round failed")
-                await asyncio.sleep(self.retry_interval)
-
-        self._task = asyncio.create_task(loop(), name="project-deletions")
+        self._retries.start(run_first=True)
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
+        await self._retries.stop()
