@@ -23,14 +23,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from runtime.config import Settings  # noqa: E402
+from runtime.ports import free_port  # noqa: E402
 
 RAISED = 1_000_000
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait(predicate, timeout: float, what: str) -> None:

@@ -23,7 +23,6 @@ import asyncio
 import base64
 import json
 import os
-import socket
 import sys
 import tempfile
 import time
@@ -44,6 +43,7 @@ from contextcache.v1 import (  # noqa: E402
     query_pb2_grpc,
 )
 from runtime.config import Settings  # noqa: E402
+from runtime.ports import free_port  # noqa: E402
 from runtime.server import Server  # noqa: E402
 from services.ingest.pipeline.extract import extract_html  # noqa: E402
 from services.ingest.pipeline.normalize import normalize_text  # noqa: E402
@@ -118,12 +118,6 @@ def load_evaluation() -> tuple[list[str], list[Question], dict[str, tuple[str, s
         print("Inconsistent question set:\n  " + "\n  ".join(problems), file=sys.stderr)
         raise SystemExit(2)
     return pages, questions, texts
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 async def start_stack(data_dir: Path) -> tuple[dict[str, Server], dict[str, grpc.aio.Channel]]:

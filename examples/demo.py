@@ -21,7 +21,6 @@ import os
 import re
 import secrets
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -41,6 +40,7 @@ from contextcache.v1 import (
     query_pb2_grpc,
 )
 from runtime.config import load_settings
+from runtime.ports import free_port
 from runtime.stack import Stack
 
 DOCUMENTS = Path(__file__).resolve().parent / "documents"
@@ -94,12 +94,6 @@ STATUS_NAMES = {
 _WORD = re.compile(r"[a-z]{4,}")
 _STEM = 5  # letters compared: "senator" matches "Senators"
 _SENTENCE_END = re.compile(r"(?<=[.;:?!])\s+")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def demo_environment(data_dir: Path) -> dict[str, str]:

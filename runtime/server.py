@@ -52,6 +52,10 @@ class ReflectionPool:
         return getattr(self._pool, name)
 
 
+class ListenError(RuntimeError):
+    """The server could not take its address (another process holds the port)."""
+
+
 class ServiceApp(abc.ABC):
     """What a service plugs into the runtime. Subclasses set the fields and hooks."""
 
@@ -90,6 +94,9 @@ def server_options(max_receive_bytes: int) -> list[tuple[str, int]]:
         ("grpc.max_connection_idle_ms", 10 * 60_000),
         ("grpc.max_receive_message_length", max_receive_bytes),
         ("grpc.max_send_message_length", 64 * MB),
+        # A second server on a taken port must fail to start, not share the port with the
+        # first and receive half of its calls.
+        ("grpc.so_reuseport", 0),
     ]
 
 
@@ -123,9 +130,16 @@ class Server:
         )
         host = host or self.settings.listen_host
         port = self.settings.listen_port(self.app.name) if port is None else port
-        self.port = self.server.add_insecure_port(f"{host}:{port}")
+        try:
+            self.port = self.server.add_insecure_port(f"{host}:{port}")
+        except RuntimeError:
+            self.port = 0
         if not self.port:
-            raise RuntimeError(f"cannot listen on {host}:{port}")
+            await self.app.stop()
+            raise ListenError(
+                f"{self.app.name.value} cannot listen on {host}:{port}: the address is in use "
+                "or not available here (set PORT or LISTEN_HOST)"
+            )
         await self.server.start()
         await readiness.start(self.settings.health_check_interval)
         log.info("%s listening on %s:%d", self.app.name.value, host, self.port)
@@ -159,4 +173,8 @@ def run(service: ServiceName, factory: Callable[[Settings], ServiceApp]) -> None
     configure_tracing(settings, service.value)
     if configure_sentry(settings, service.value):
         log.info("Sentry error reporting enabled")
-    asyncio.run(serve(factory(settings)))
+    try:
+        asyncio.run(serve(factory(settings)))
+    except ListenError as error:
+        log.error("%s", error)
+        raise SystemExit(1) from None

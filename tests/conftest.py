@@ -11,7 +11,6 @@ import base64
 import contextlib
 import dataclasses
 import os
-import socket
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -30,16 +29,11 @@ from contextcache.v1 import (
 )
 from runtime.background import cancel_and_wait
 from runtime.config import Settings
+from runtime.ports import free_port
 from runtime.server import Server, ServiceApp
 
 PG_ADMIN = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def postgres_available() -> bool:

@@ -22,7 +22,8 @@ from contextcache.v1 import (
     query_pb2,
     query_pb2_grpc,
 )
-from tests.conftest import PASSPHRASE, free_port
+from runtime.ports import free_port
+from tests.conftest import PASSPHRASE
 
 REPO = Path(__file__).resolve().parents[2]
 GRPCURL = str(Path(sys.executable).parent / "grpcurl")

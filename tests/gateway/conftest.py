@@ -27,15 +27,10 @@ import pytest
 from contextcache.v1 import projects_pb2, projects_pb2_grpc
 from runtime.config import REPO_ROOT, Settings
 from runtime.gateway import envoy_command, render
+from runtime.ports import free_port
 
 ALLOWED_ORIGIN = "https://app.contextcache.test"
 SHARED_REDIS = "redis://127.0.0.1:6379/0"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_until(predicate, timeout: float, what: str, interval: float = 0.1):

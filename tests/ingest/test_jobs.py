@@ -32,8 +32,9 @@ from rq import Queue, Worker
 from rq.job import Job
 
 from contextcache.v1 import ingest_pb2
+from runtime.ports import free_port
 from runtime.telemetry import tracer_provider
-from tests.conftest import Stack, eventually, free_port, new_project, running_stack
+from tests.conftest import Stack, eventually, new_project, running_stack
 from tests.ingest.test_documents import SPEECH, documents_of, failure, text_request
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow]

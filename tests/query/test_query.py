@@ -23,9 +23,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from contextcache.v1 import ingest_pb2, query_pb2, query_pb2_grpc
+from runtime.ports import free_port
 from services.crypto.tokens import TokenAuthority
 from services.query.cache import PREFIX
-from tests.conftest import free_port, new_project, running_stack
+from tests.conftest import new_project, running_stack
 
 HYBRID = query_pb2.RETRIEVAL_MODE_HYBRID
 DENSE = query_pb2.RETRIEVAL_MODE_DENSE

@@ -13,7 +13,6 @@ import asyncio
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -27,6 +26,7 @@ import pytest_asyncio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from runtime.ports import free_port
 from services.query.index import (
     DENSE_DIM,
     RRF_K,
@@ -169,12 +169,6 @@ async def search(
 
 def ids(hits: Sequence[StoredChunk]) -> list[str]:
     return [h.chunk_id for h in hits]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # ---------------------------------------------------------------------------------------------
