@@ -268,7 +268,13 @@ async def test_a_failed_document_does_not_block_its_retry(make_settings, site):
 
 
 BAD_INPUTS = [
-    ("file", ("report.doc", b"hello"), "file.filename", "Unsupported file type"),
+    (
+        "file",
+        ("Report.DOC", b"hello"),
+        "file.filename",
+        "Unsupported file type '.doc'. Allowed types: .pdf, .txt",
+    ),
+    ("file", ("README", b"hello"), "file.filename", "no extension"),
     ("file", ("empty.txt", b""), "file.content", "File is empty"),
     ("file", ("latin1.txt", "caf\xe9 cr\xe8me".encode("latin-1")), "file.content", "UTF-8"),
     ("file", ("broken.pdf", b"%PDF-1.4\n garbage \x00\x01"), "file.content", "PDF"),
