@@ -50,6 +50,8 @@ _tokenizer: Tokenizer | None = None
 _inference_lock = threading.Lock()
 # Whether this process has run a forward pass (and so started torch's OpenMP thread pool).
 _inference_ran = False
+# Set in a forked child of a process that had run a forward pass (see _after_fork_in_child).
+_one_thread_only = False
 
 
 def _after_fork_in_child() -> None:
@@ -60,12 +62,13 @@ def _after_fork_in_child() -> None:
     the next one deadlocks. Such a child embeds on one thread. Locks are made anew, in case
     another thread of the parent held one at the fork.
     """
-    global _lock, _inference_lock
+    global _lock, _inference_lock, _one_thread_only
     _lock = threading.Lock()
     _inference_lock = threading.Lock()
     if _inference_ran:
         import torch
 
+        _one_thread_only = True
         torch.set_num_threads(1)
 
 
@@ -151,10 +154,23 @@ class Embedder:
     max_tokens = MAX_TOKENS
     special_tokens = SPECIAL_TOKENS
 
-    def __init__(self, batch_size: int = DEFAULT_BATCH_SIZE) -> None:
+    def __init__(self, batch_size: int = DEFAULT_BATCH_SIZE, threads: int | None = None) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be positive")
+        if threads is not None and threads < 1:
+            raise ValueError("threads must be positive")
         self.batch_size = batch_size
+        # torch's thread count belongs to the OS thread that runs inference, and a thread
+        # started after another one lowered it inherits the lower count; so it is set here
+        # for each call rather than once per process. None: every CPU this process may use.
+        self.threads = threads
+
+    def _use_threads(self) -> None:
+        import torch
+
+        wanted = 1 if _one_thread_only else (self.threads or _cpu_count())
+        if torch.get_num_threads() != wanted:
+            torch.set_num_threads(wanted)
 
     @property
     def model(self) -> SentenceTransformer:
@@ -177,6 +193,7 @@ class Embedder:
         global _inference_ran
         model = self.model
         with _inference_lock:
+            self._use_threads()
             _inference_ran = True
             vectors = model.encode(
                 [_encodable(text) for text in texts],

@@ -40,6 +40,7 @@ from runtime.clients import calling
 from runtime.db import as_utc
 from runtime.errors import AlreadyExists, ServiceError, Unavailable
 from runtime.tokens import TOKEN_METADATA_KEY
+from services.ingest.batcher import EmbeddingBatcher
 from services.ingest.models import ChunkRow, DocumentRow, FactRow
 from services.ingest.pipeline.chunker import Chunk, Chunker
 from services.ingest.pipeline.errors import IngestError, UnreadableDocument
@@ -116,6 +117,8 @@ class IngestionPipeline:
         self.query = query
         self.fetcher = fetcher
         self.embedder = embedder or Embedder()
+        # Documents processed at the same time share model batches.
+        self.batcher = EmbeddingBatcher(self.embedder, max_texts=EMBED_BATCH)
         self._chunker = chunker
         self.lease = lease
         self.max_attempts = max_attempts
@@ -125,6 +128,9 @@ class IngestionPipeline:
         if self._chunker is None:
             self._chunker = Chunker(self.embedder.max_tokens, overlap_tokens=32)
         return self._chunker
+
+    async def close(self) -> None:
+        await self.batcher.stop()
 
     async def process(self, document_id: str, token: str) -> Result:
         """Runs the pipeline for one document; never raises for the document's own faults."""
@@ -274,9 +280,7 @@ class IngestionPipeline:
         pending = list(todo.items())
         for start in range(0, len(pending), EMBED_BATCH):
             batch = pending[start : start + EMBED_BATCH]
-            embedded = await asyncio.to_thread(
-                self.embedder.embed, [texts[positions[0]] for _, positions in batch]
-            )
+            embedded = await self.batcher.embed([texts[positions[0]] for _, positions in batch])
             for (_, positions), vector in zip(batch, embedded, strict=True):
                 vectors[positions] = vector
                 done += len(positions)

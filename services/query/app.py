@@ -21,14 +21,6 @@ from services.query.index import VectorIndex, open_index
 from services.query.servicer import QueryServicer
 
 
-def _load_model_on_one_thread() -> None:
-    """Loads the model (which sizes torch to every core), then this thread to one."""
-    load_model()
-    import torch
-
-    torch.set_num_threads(1)
-
-
 class QueryApp(ServiceApp):
     name = ServiceName.QUERY
     service_names = (QUERY_SERVICE,)
@@ -40,14 +32,12 @@ class QueryApp(ServiceApp):
 
     async def start(self) -> None:
         self.index = await open_index(self.settings.qdrant_url, self.settings.index_path)
-        self.embedder = Embedder()
         # A query is one short text: one torch thread embeds it in ~14 ms here. A thread per
         # core spin-waits for cores this service shares with crypto, Envoy and other requests
-        # (p90 100-490 ms on 2 busy cores). torch's thread count is per OS thread, hence an
-        # executor of its own; the embedder runs one inference at a time anyway.
-        self.embed_executor = ThreadPoolExecutor(
-            1, thread_name_prefix="query-embed", initializer=_load_model_on_one_thread
-        )
+        # (p90 100-490 ms on 2 busy cores). The embedder runs one inference at a time anyway,
+        # on an executor thread of its own.
+        self.embedder = Embedder(threads=1)
+        self.embed_executor = ThreadPoolExecutor(1, thread_name_prefix="query-embed")
         # Once per process, before the first query.
         await asyncio.get_running_loop().run_in_executor(self.embed_executor, load_model)
         self.cache = QueryCache(self.settings.redis_url)

@@ -161,3 +161,31 @@ def test_a_forked_child_of_a_process_that_embedded_can_embed() -> None:
         pytest.fail("the forked child deadlocked in its first forward pass")
     assert process.returncode == 0, err
     assert float(out.strip()) < 1e-5
+
+
+def test_each_embedder_runs_on_its_own_thread_count_whatever_thread_calls_it() -> None:
+    """The query service embeds on one torch thread; that must not leave ingestion (in the
+    same process, on threads started afterwards) on one thread too."""
+    script = textwrap.dedent(
+        """
+        import threading
+        import torch
+        from retrieval.embeddings import Embedder, _cpu_count
+        counts = {}
+        def run(name, embedder):
+            embedder.embed(["some text"])
+            counts[name] = torch.get_num_threads()
+        for name, embedder in (("query", Embedder(threads=1)), ("ingest", Embedder())):
+            thread = threading.Thread(target=run, args=(name, embedder))
+            thread.start()
+            thread.join()
+        print(counts["query"], counts["ingest"], _cpu_count())
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=180
+    )
+    assert result.returncode == 0, result.stderr
+    query, ingest, cpus = map(int, result.stdout.split())
+    assert query == 1
+    assert ingest == cpus
