@@ -125,11 +125,14 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         embed_started = time.perf_counter()
         vector = None
         sparse = None
-        if mode in ("hybrid", "dense"):
-            vectors = await asyncio.get_running_loop().run_in_executor(
+        # The model runs on its executor thread while crypto hashes the query's terms.
+        embedding = (
+            asyncio.get_running_loop().run_in_executor(
                 self.app.embed_executor, self.app.embedder.embed, [query]
             )
-            vector = vectors[0]
+            if mode in ("hybrid", "dense")
+            else None
+        )
         if mode in ("hybrid", "keyword"):
             frequencies = term_frequencies(query)
             ids = await cipher.hash_terms(list(frequencies)) if frequencies else {}
@@ -138,6 +141,8 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
                 merged[ids[term]] = merged.get(ids[term], 0.0) + count
             ordered = sorted(merged)
             sparse = SparseTerms(ordered, [merged[i] for i in ordered])
+        if embedding is not None:
+            vector = (await embedding)[0]
         embed_ms = _ms(embed_started)
         search_started = time.perf_counter()
         try:
