@@ -96,6 +96,14 @@ def _word_terms(word: str, is_call: bool, out: list[str]) -> None:
     out.extend(p for p in parts if p not in STOPWORDS)
 
 
+def _plain_ascii(word: str) -> bool:
+    """An ASCII word without identifier parts ("Hello", "HTTP", "pbkdf2"): its only term is
+    itself in lower case, which `_word_terms` would find at many times the cost (ASCII has
+    no CJK runs, NFKC leaves it alone and case folding is lower())."""
+    rest = word[1:]
+    return word.isascii() and "_" not in word and (word.isupper() or rest == rest.lower())
+
+
 def terms(text: str) -> list[str]:
     """Terms of `text` in order of appearance, repeated as often as they occur."""
     out: list[str] = []
@@ -105,6 +113,13 @@ def terms(text: str) -> list[str]:
         is_call = match.group("call") is not None
         if is_call:
             word = word[:-1]
+        if _plain_ascii(word):
+            whole = word.lower()
+            if is_call:
+                out.append(whole + "(")
+            if is_call or whole not in STOPWORDS:
+                out.append(whole)
+            continue
         for run in _CJK_RUN.split(word):
             if not run:
                 continue

@@ -67,6 +67,7 @@ class Result:
     outcome: Outcome
     reason: str = ""
     error: ServiceError | None = None
+    document: DocumentRow | None = None  # as completed (COMPLETED only)
 
 
 @dataclass(frozen=True)
@@ -132,15 +133,19 @@ class IngestionPipeline:
     async def close(self) -> None:
         await self.batcher.stop()
 
-    async def process(self, document_id: str, token: str) -> Result:
-        """Runs the pipeline for one document; never raises for the document's own faults."""
+    async def process(self, document_id: str, token: str, payload: str | None = None) -> Result:
+        """Runs the pipeline for one document; never raises for the document's own faults.
+
+        `payload` is the document's upload in plaintext when the caller still holds it (an
+        inline ingestion); otherwise the stored upload is read and decrypted.
+        """
         document = await self.store.claim(document_id, self.lease)
         if document is None:
             return Result(Outcome.SKIPPED)
         heartbeat = asyncio.create_task(self._heartbeat(document_id))
         cipher = ContentCipher(self.crypto, document.project_id, token)
         try:
-            stored = await self._run(document, cipher)
+            stored = await self._run(document, cipher, payload)
         except IngestError as error:
             await self.fail(document, token, error.reason)
             return Result(Outcome.FAILED, error.reason)
@@ -154,11 +159,11 @@ class IngestionPipeline:
             return Result(Outcome.FAILED, error.message, error)
         finally:
             await cancel_and_wait(heartbeat)
-        if not stored:
+        if stored is None:
             await self._unindex(document)  # deleted while it was being processed
             return Result(Outcome.SKIPPED)
         await self._audit(document, token, crypto_pb2.AUDIT_EVENT_TYPE_DOCUMENT_INGESTED)
-        return Result(Outcome.COMPLETED)
+        return Result(Outcome.COMPLETED, document=stored)
 
     async def _transient(self, document: DocumentRow, token: str, error: Unavailable) -> Result:
         if document.attempts >= self.max_attempts:
@@ -179,34 +184,47 @@ class IngestionPipeline:
 
     # -- the steps ---------------------------------------------------------------------
 
-    async def _run(self, document: DocumentRow, cipher: ContentCipher) -> bool:
+    async def _run(
+        self, document: DocumentRow, cipher: ContentCipher, payload: str | None
+    ) -> DocumentRow | None:
+        """The document as completed, or None if it was deleted while it was processed."""
         project, doc = document.project_id, document.id
-        payload_ct = await self.store.upload(doc)
-        if payload_ct is None:
-            raise IngestError("The uploaded content is gone. Ingest the document again.")
-        payload = await cipher.decrypt_one(payload_ct, associated_data("upload", project, doc))
+        if payload is None:
+            payload_ct = await self.store.upload(doc)
+            if payload_ct is None:
+                raise IngestError("The uploaded content is gone. Ingest the document again.")
+            plain = await cipher.decrypt_one(payload_ct, associated_data("upload", project, doc))
+            payload = plain.decode()
         if document.source_type == ingest_pb2.SOURCE_TYPE_URL:
-            text = await self._fetch(document, cipher, payload.decode())
+            text = await self._fetch(document, cipher, payload)
         else:
-            text = payload.decode()
+            text = payload
 
         chunks = await asyncio.to_thread(self.chunker.split, text)
-        embeddings = await self._embed(document, [c.text for c in chunks])
-        sparse = await self._sparse(cipher, chunks)
-        facts = await asyncio.to_thread(extract_facts, text, chunks)
-
-        sealed = await cipher.encrypt(
-            [(c.text.encode(), associated_data("chunk", project, doc, c.index)) for c in chunks]
-            + [
-                (
-                    json.dumps(
-                        {"subject": f.subject, "predicate": f.predicate, "object": f.object}
-                    ).encode(),
-                    associated_data("fact", project, doc, i),
-                )
-                for i, f in enumerate(facts)
-            ]
-        )
+        hashes = [_sha256(c.text) for c in chunks]
+        # The model embeds (in its thread, without the GIL) while this task does the rest of
+        # the work that needs only the text: keyword terms, facts and encryption.
+        embedding = asyncio.create_task(self._embed(document, [c.text for c in chunks], hashes))
+        try:
+            sparse = await self._sparse(cipher, chunks)
+            facts = await asyncio.to_thread(extract_facts, text, chunks)
+            sealed = await cipher.encrypt(
+                [(c.text.encode(), associated_data("chunk", project, doc, c.index)) for c in chunks]
+                + [
+                    (
+                        json.dumps(
+                            {"subject": f.subject, "predicate": f.predicate, "object": f.object}
+                        ).encode(),
+                        associated_data("fact", project, doc, i),
+                    )
+                    for i, f in enumerate(facts)
+                ]
+            )
+            embeddings = await embedding
+        finally:
+            await cancel_and_wait(embedding)  # only if a step above failed
+            if embedding.done() and not embedding.cancelled():
+                embedding.exception()  # retrieved: the step that failed first is reported
         chunk_rows = [
             ChunkRow(
                 id=chunk_id(project, doc, c.index),
@@ -214,7 +232,7 @@ class IngestionPipeline:
                 document_id=doc,
                 chunk_index=c.index,
                 text_ct=sealed[i],
-                text_hash=_sha256(c.text),
+                text_hash=hashes[i],
                 start_offset=c.start,
                 end_offset=c.end,
                 embedding=embeddings[i].astype("<f4").tobytes(),
@@ -235,11 +253,9 @@ class IngestionPipeline:
             )
             for i, f in enumerate(facts)
         ]
-        if not await self.store.store_chunks(doc, chunk_rows, fact_rows):
-            return False
-        refreshed = await self.store.find(doc)
+        refreshed = await self.store.store_chunks(doc, chunk_rows, fact_rows)
         if refreshed is None:
-            return False
+            return None
         await index_chunks(self.query, refreshed, chunk_rows)
         stored_bytes = sum(len(r.text_ct) for r in chunk_rows) + sum(
             len(r.statement_ct) for r in fact_rows
@@ -263,11 +279,13 @@ class IngestionPipeline:
         )
         return prepared.text
 
-    async def _embed(self, document: DocumentRow, texts: Sequence[str]) -> np.ndarray:
-        """Embeddings of `texts`; identical chunks the project already embedded are reused."""
+    async def _embed(
+        self, document: DocumentRow, texts: Sequence[str], hashes: Sequence[str]
+    ) -> np.ndarray:
+        """Embeddings of `texts` (SHA-256 `hashes`); identical chunks the project already
+        embedded are reused."""
         total = len(texts)
         vectors = np.zeros((total, self.embedder.dimension), dtype=np.float32)
-        hashes = [_sha256(t) for t in texts]
         known = await self.store.known_embeddings(document.project_id, list(dict.fromkeys(hashes)))
         todo: dict[str, list[int]] = {}
         for i, h in enumerate(hashes):
@@ -278,13 +296,17 @@ class IngestionPipeline:
         done = total - sum(len(v) for v in todo.values())
         await self.store.progress(document.id, done, total)
         pending = list(todo.items())
-        for start in range(0, len(pending), EMBED_BATCH):
+        batches = range(0, len(pending), EMBED_BATCH)
+        for start in batches:
             batch = pending[start : start + EMBED_BATCH]
             embedded = await self.batcher.embed([texts[positions[0]] for _, positions in batch])
             for (_, positions), vector in zip(batch, embedded, strict=True):
                 vectors[positions] = vector
                 done += len(positions)
-            await self.store.progress(document.id, done, total)
+            # A document embedded in one batch goes from none to completed (which records
+            # every chunk as embedded) without an intermediate write.
+            if len(batches) > 1:
+                await self.store.progress(document.id, done, total)
         return vectors
 
     async def _sparse(

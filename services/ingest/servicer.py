@@ -83,25 +83,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             slot: value.decode() for slot, value in zip(slots, plain, strict=True)
         }
         return [
-            ingest_pb2.Document(
-                id=row.id,
-                project_id=row.project_id,
-                status=STATUS_VALUES[row.status],
-                source_type=row.source_type,
-                title=texts.get((i, "title"), ""),
-                source=texts.get((i, "source"), ""),
-                content_hash=row.content_hash or "",
-                chunk_count=row.chunk_count,
-                fact_count=row.fact_count,
-                chunks_embedded=row.chunks_embedded,
-                chunks_total=row.chunks_total,
-                error=row.error,
-                text_bytes=row.text_bytes,
-                attempts=row.attempts,
-                created_at=timestamp(row.created_at),
-                updated_at=timestamp(row.updated_at),
-                completed_at=timestamp(row.completed_at),
-            )
+            _message(row, texts.get((i, "title"), ""), texts.get((i, "source"), ""))
             for i, row in enumerate(rows)
         ]
 
@@ -176,9 +158,16 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         return issued.job_token
 
     async def _run_inline(
-        self, cipher: ContentCipher, document: DocumentRow, job_token: str
+        self,
+        cipher: ContentCipher,
+        document: DocumentRow,
+        job_token: str,
+        known: tuple[str, str, str] | None = None,
     ) -> ingest_pb2.Document:
-        result = await self.app.pipeline().process(document.id, job_token)
+        """Processes the document now. `known`: its (upload, title, source) in plaintext, when
+        the caller has them (then nothing is read back and decrypted)."""
+        payload = known[0] if known else None
+        result = await self.app.pipeline().process(document.id, job_token, payload)
         if result.outcome is Outcome.FAILED and result.error is not None:
             if result.error.code.name == "ALREADY_EXISTS":
                 await self.app.store.delete_document(document.project_id, document.id)
@@ -190,7 +179,12 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 f"{result.reason}. Document {document.id} is queued and will be processed "
                 "when the service is back"
             )
-        return await self._one(cipher, await self.app.store.get(document.project_id, document.id))
+        completed = result.document
+        if completed is None:  # deleted while it was processed
+            completed = await self.app.store.get(document.project_id, document.id)
+        if known and completed.source_type != ingest_pb2.SOURCE_TYPE_URL:
+            return _message(completed, known[1], known[2])
+        return await self._one(cipher, completed)  # a fetched page's title is new
 
     # -- RPCs --------------------------------------------------------------------------
 
@@ -241,7 +235,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 raise
             return ingest_pb2.IngestDocumentResponse(document=await self._one(cipher, document))
         return ingest_pb2.IngestDocumentResponse(
-            document=await self._run_inline(cipher, document, job_token)
+            document=await self._run_inline(cipher, document, job_token, (payload, title, source))
         )
 
     async def GetDocument(self, request, context):
@@ -374,3 +368,26 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         return ingest_pb2.IngestServiceGetStatusResponse(
             status=await self.app.readiness.service_status(INGEST_SERVICE)
         )
+
+
+def _message(row: DocumentRow, title: str, source: str) -> ingest_pb2.Document:
+    """A document as the token holder sees it, given its title and source in plaintext."""
+    return ingest_pb2.Document(
+        id=row.id,
+        project_id=row.project_id,
+        status=STATUS_VALUES[row.status],
+        source_type=row.source_type,
+        title=title,
+        source=source,
+        content_hash=row.content_hash or "",
+        chunk_count=row.chunk_count,
+        fact_count=row.fact_count,
+        chunks_embedded=row.chunks_embedded,
+        chunks_total=row.chunks_total,
+        error=row.error,
+        text_bytes=row.text_bytes,
+        attempts=row.attempts,
+        created_at=timestamp(row.created_at),
+        updated_at=timestamp(row.updated_at),
+        completed_at=timestamp(row.completed_at),
+    )

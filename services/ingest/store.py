@@ -3,6 +3,11 @@
 Duplicate detection relies on the unique index over (project_id, content_hash) of documents
 that did not fail — a race between two ingestions of the same text ends with one of them
 getting ALREADY_EXISTS, never two copies.
+
+The steps every ingested document goes through (insert, claim, progress, store, complete, and
+the reads between them) are single Core statements, with RETURNING where the caller needs the
+row back: on a page-sized document they are a large share of the pipeline's own CPU, which
+competes with the embedding model for the same cores. Rarer paths use the ORM session.
 """
 
 from __future__ import annotations
@@ -11,7 +16,8 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -20,6 +26,9 @@ from runtime.errors import AlreadyExists, NotFound
 from services.ingest.models import ChunkRow, DocumentRow, FactRow, PurgedProjectRow, UploadRow
 
 ACTIVE = ("queued", "processing")
+DOCUMENTS = DocumentRow.__table__
+CHUNK_COLUMNS = [column.key for column in ChunkRow.__table__.columns]
+FACT_COLUMNS = [column.key for column in FactRow.__table__.columns if column.key != "id"]
 
 
 @dataclass(frozen=True)
@@ -33,21 +42,27 @@ class ProjectCounts:
 
 class DocumentStore:
     def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
         self.sessions = async_sessionmaker(engine, expire_on_commit=False)
 
     # -- documents ---------------------------------------------------------------------
 
     async def is_purged(self, project_id: str) -> bool:
-        async with self.sessions() as session:
-            return await session.get(PurgedProjectRow, project_id) is not None
+        async with self.engine.connect() as connection:
+            found = await connection.scalar(
+                select(PurgedProjectRow.project_id).where(PurgedProjectRow.project_id == project_id)
+            )
+        return found is not None
 
     async def insert(self, document: DocumentRow, payload_ct: bytes) -> DocumentRow:
         """Stores a new document with its encrypted upload; ALREADY_EXISTS on same content."""
+        values = {column.key: getattr(document, column.key) for column in DOCUMENTS.columns}
         try:
-            async with self.sessions.begin() as session:
-                session.add(document)
-                await session.flush()
-                session.add(UploadRow(document_id=document.id, payload_ct=payload_ct))
+            async with self.engine.begin() as connection:
+                await connection.execute(insert(DOCUMENTS).values(values))
+                await connection.execute(
+                    insert(UploadRow).values(document_id=document.id, payload_ct=payload_ct)
+                )
         except IntegrityError:
             raise await self._duplicate_error(document.project_id, document.content_hash) from None
         return document
@@ -68,15 +83,15 @@ class DocumentStore:
         )
 
     async def get(self, project_id: str, document_id: str) -> DocumentRow:
-        async with self.sessions() as session:
-            row = await session.get(DocumentRow, document_id)
+        row = await self.find(document_id)
         if row is None or row.project_id != project_id:
             raise NotFound(f"Document {document_id} not found in project {project_id}")
         return row
 
     async def find(self, document_id: str) -> DocumentRow | None:
-        async with self.sessions() as session:
-            return await session.get(DocumentRow, document_id)
+        async with self.engine.connect() as connection:
+            found = await connection.execute(select(DOCUMENTS).where(DOCUMENTS.c.id == document_id))
+            return _document(found.first())
 
     async def page(
         self, project_id: str, status: str | None, size: int, after: tuple[str, str] | None
@@ -97,34 +112,34 @@ class DocumentStore:
         return rows[:size], len(rows) > size
 
     async def upload(self, document_id: str) -> bytes | None:
-        async with self.sessions() as session:
-            row = await session.get(UploadRow, document_id)
-        return None if row is None else row.payload_ct
+        async with self.engine.connect() as connection:
+            return await connection.scalar(
+                select(UploadRow.payload_ct).where(UploadRow.document_id == document_id)
+            )
 
     # -- the status machine ------------------------------------------------------------
 
     async def claim(self, document_id: str, lease: timedelta) -> DocumentRow | None:
         """queued (or processing with a lapsed lease) → processing; None if not claimable."""
         now = utcnow()
-        async with self.sessions.begin() as session:
-            result = await session.execute(
-                update(DocumentRow)
+        async with self.engine.begin() as connection:
+            claimed = await connection.execute(
+                update(DOCUMENTS)
                 .where(
-                    DocumentRow.id == document_id,
-                    (DocumentRow.status == "queued")
-                    | ((DocumentRow.status == "processing") & (DocumentRow.lease_expires_at < now)),
+                    DOCUMENTS.c.id == document_id,
+                    (DOCUMENTS.c.status == "queued")
+                    | ((DOCUMENTS.c.status == "processing") & (DOCUMENTS.c.lease_expires_at < now)),
                 )
                 .values(
                     status="processing",
-                    attempts=DocumentRow.attempts + 1,
+                    attempts=DOCUMENTS.c.attempts + 1,
                     lease_expires_at=now + lease,
                     updated_at=now,
                     error="",
                 )
+                .returning(DOCUMENTS)
             )
-            if result.rowcount != 1:
-                return None
-            return await session.get(DocumentRow, document_id)
+            return _document(claimed.first())
 
     async def extend_lease(self, document_id: str, lease: timedelta) -> None:
         async with self.sessions.begin() as session:
@@ -163,20 +178,20 @@ class DocumentStore:
             raise await self._duplicate_error(document.project_id, content_hash) from None
 
     async def progress(self, document_id: str, embedded: int, total: int) -> None:
-        async with self.sessions.begin() as session:
-            await session.execute(
-                update(DocumentRow)
-                .where(DocumentRow.id == document_id)
+        async with self.engine.begin() as connection:
+            await connection.execute(
+                update(DOCUMENTS)
+                .where(DOCUMENTS.c.id == document_id)
                 .values(chunks_embedded=embedded, chunks_total=total, updated_at=utcnow())
             )
 
     async def known_embeddings(self, project_id: str, hashes: Sequence[str]) -> dict[str, bytes]:
         """Embeddings the project already has for these chunk texts (no re-embedding)."""
         found: dict[str, bytes] = {}
-        async with self.sessions() as session:
+        async with self.engine.connect() as connection:
             for start in range(0, len(hashes), 500):
                 batch = list(hashes[start : start + 500])
-                rows = await session.execute(
+                rows = await connection.execute(
                     select(ChunkRow.text_hash, ChunkRow.embedding).where(
                         ChunkRow.project_id == project_id, ChunkRow.text_hash.in_(batch)
                     )
@@ -186,27 +201,33 @@ class DocumentStore:
 
     async def store_chunks(
         self, document_id: str, chunks: Sequence[ChunkRow], facts: Sequence[FactRow]
-    ) -> bool:
+    ) -> DocumentRow | None:
         """Replaces the document's chunks and facts in one transaction (re-runs never
-        duplicate). False if the document was deleted meanwhile."""
-        async with self.sessions.begin() as session:
-            document = await session.get(DocumentRow, document_id, with_for_update=True)
+        duplicate); the document as it is now. None if it was deleted meanwhile."""
+        async with self.engine.begin() as connection:
+            locked = await connection.execute(
+                select(DOCUMENTS).where(DOCUMENTS.c.id == document_id).with_for_update()
+            )
+            document = _document(locked.first())
             if document is None or document.status != "processing":
-                return False
-            await session.execute(delete(FactRow).where(FactRow.document_id == document_id))
-            await session.execute(delete(ChunkRow).where(ChunkRow.document_id == document_id))
-            session.add_all(chunks)
-            session.add_all(facts)
-        return True
+                return None
+            await connection.execute(delete(FactRow).where(FactRow.document_id == document_id))
+            await connection.execute(delete(ChunkRow).where(ChunkRow.document_id == document_id))
+            if chunks:
+                await connection.execute(insert(ChunkRow), _values(chunks, CHUNK_COLUMNS))
+            if facts:
+                await connection.execute(insert(FactRow), _values(facts, FACT_COLUMNS))
+        return document
 
     async def complete(
         self, document_id: str, chunk_count: int, fact_count: int, stored_bytes: int
-    ) -> bool:
+    ) -> DocumentRow | None:
+        """processing → completed; the completed document, or None if it is gone."""
         now = utcnow()
-        async with self.sessions.begin() as session:
-            result = await session.execute(
-                update(DocumentRow)
-                .where(DocumentRow.id == document_id, DocumentRow.status == "processing")
+        async with self.engine.begin() as connection:
+            completed = await connection.execute(
+                update(DOCUMENTS)
+                .where(DOCUMENTS.c.id == document_id, DOCUMENTS.c.status == "processing")
                 .values(
                     status="completed",
                     chunk_count=chunk_count,
@@ -220,9 +241,11 @@ class DocumentStore:
                     completed_at=now,
                     updated_at=now,
                 )
+                .returning(DOCUMENTS)
             )
-            await session.execute(delete(UploadRow).where(UploadRow.document_id == document_id))
-            return result.rowcount == 1
+            document = _document(completed.first())
+            await connection.execute(delete(UploadRow).where(UploadRow.document_id == document_id))
+            return document
 
     async def fail(self, document_id: str, reason: str) -> None:
         """→ failed with a reason; the upload stays so RetryDocument can run it again."""
@@ -344,6 +367,15 @@ class DocumentStore:
                     as_utc(last) if isinstance(last, datetime) else _parse(last),
                 )
         return result
+
+
+def _document(row: Row | None) -> DocumentRow | None:
+    """A documents row read with Core, as a (detached) DocumentRow."""
+    return None if row is None else DocumentRow(**row._mapping)
+
+
+def _values(rows: Sequence[ChunkRow] | Sequence[FactRow], columns: list[str]) -> list[dict]:
+    return [{column: getattr(row, column) for column in columns} for row in rows]
 
 
 def _parse(value: object) -> datetime | None:

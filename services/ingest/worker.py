@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
@@ -61,7 +60,6 @@ def main() -> None:
     configure_sentry(settings, "worker")
     if not settings.redis_url:
         raise SystemExit("REDIS_URL is required for the worker (without it, jobs run in-process)")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     load_model()  # once per worker process; work horses inherit it through fork
     connection = Redis.from_url(settings.redis_url)
     queue = Queue(settings.ingest_queue, connection=connection)

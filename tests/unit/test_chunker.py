@@ -263,6 +263,18 @@ def test_property_default_window_invariants_hold_for_any_text(chunker: Chunker, 
     assert_chunk_invariants(text, chunker.split(text), chunker)
 
 
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(text=TEXTS)
+def test_property_one_tokenizer_pass_counts_each_word_as_counting_it_alone(text: str) -> None:
+    """The default chunker counts every word from one pass over the whole text (offsets of
+    its word pieces); counting each distinct word on its own must give the same chunks."""
+    one_pass = Chunker(max_tokens=24, overlap_tokens=6, max_chars=120)
+    word_by_word = Chunker(
+        max_tokens=24, overlap_tokens=6, max_chars=120, count_tokens=count_tokens_batch
+    )
+    assert one_pass.split(text) == word_by_word.split(text)
+
+
 def superadditive_count(texts: Sequence[str]) -> list[int]:
     """A counter under which joined pieces cost more than their parts, so estimates made from
     word counts are always too low and the chunker must fall back to checking every chunk."""

@@ -88,3 +88,15 @@ def test_property_terms_are_folded_non_empty_and_stable(text: str) -> None:
 @given(st.text(max_size=300))
 def test_property_terms_of_a_normalized_text_are_the_same(text: str) -> None:
     assert terms(unicodedata.normalize("NFKC", text)) == terms(text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.text(alphabet=st.sampled_from("aAbBzZ09_ (.-xXyYiIsS\u00e9\u6771"), max_size=80)
+    | st.text(max_size=200)
+)
+def test_property_the_ascii_shortcut_gives_what_the_general_rules_give(text: str) -> None:
+    fast = terms(text)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("retrieval.terms._plain_ascii", lambda word: False)
+        assert fast == terms(text)

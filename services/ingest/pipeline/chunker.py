@@ -16,6 +16,7 @@ text.
 
 from __future__ import annotations
 
+import bisect
 import re
 import unicodedata
 from collections.abc import Callable, Sequence
@@ -26,6 +27,9 @@ from services.ingest.pipeline.sentences import split_sentences
 
 TokenCounter = Callable[[Sequence[str]], Sequence[int]]
 """Counts word pieces, without special tokens, of each text of a batch."""
+TokenStarts = Callable[[str], Sequence[int]]
+"""Character offsets, ascending, at which the word pieces of a text start (no special
+tokens): one tokenizer pass gives the count of every unit of the text at once."""
 
 # Characters the BERT tokenizer treats as whitespace (after its cleanup, which deletes other
 # control characters). Cutting text only at these keeps token counts additive: the count of
@@ -71,16 +75,17 @@ class _Units:
     breaks: list[int]
 
 
-def _default_counter() -> TokenCounter:
-    from retrieval.embeddings import count_tokens_batch
+def _default_counters() -> tuple[TokenCounter, TokenStarts]:
+    from retrieval.embeddings import count_tokens_batch, token_starts
 
-    return count_tokens_batch
+    return count_tokens_batch, token_starts
 
 
 class Chunker:
     """Cuts text into chunks for all-MiniLM-L6-v2 (or any model whose tokenizer counts given).
 
-    `count_tokens` defaults to the embedding model's own tokenizer (loaded without the model).
+    `count_tokens` defaults to the embedding model's own tokenizer (loaded without the model),
+    which also gives `token_starts`; with another counter, each distinct unit is counted alone.
     """
 
     def __init__(
@@ -89,6 +94,7 @@ class Chunker:
         overlap_tokens: int = 32,
         count_tokens: TokenCounter | None = None,
         *,
+        token_starts: TokenStarts | None = None,
         special_tokens: int = 2,
         max_chars: int | None = None,
     ) -> None:
@@ -107,7 +113,11 @@ class Chunker:
         if self.max_chars < 1:
             raise ValueError("max_chars must be positive")
         self._budget = budget
-        self._count = count_tokens if count_tokens is not None else _default_counter()
+        if count_tokens is None:
+            count_tokens, default_starts = _default_counters()
+            token_starts = token_starts or default_starts
+        self._count = count_tokens
+        self._starts = token_starts
 
     def split(self, text: str) -> list[Chunk]:
         """Chunks of `text` in order. Empty or whitespace-only text gives no chunks."""
@@ -146,12 +156,15 @@ class Chunker:
                 breaks.append(_WORD)
             if breaks:
                 breaks[-1] = _PARAGRAPH if sentence.ends_paragraph else _SENTENCE
-        # Units over the character cap are cut whatever their count: not counting them saves
-        # tokenizing megabytes of text without spaces as one word.
         max_chars = self.max_chars
-        counts = self._count_unique(
-            [text[s:e] if e - s <= max_chars else "" for s, e in zip(starts, ends, strict=True)]
-        )
+        if self._starts is not None:
+            counts = _counts_by_offsets(self._starts(text), starts, ends)
+        else:
+            # Units over the character cap are cut whatever their count: not counting them
+            # saves tokenizing megabytes of text without spaces as one word.
+            counts = self._count_unique(
+                [text[s:e] if e - s <= max_chars else "" for s, e in zip(starts, ends, strict=True)]
+            )
         units = _Units(starts, ends, counts, breaks)
         if any(c > self._budget for c in counts) or any(
             e - s > max_chars for s, e in zip(starts, ends, strict=True)
@@ -318,6 +331,22 @@ class Chunker:
             text[starts[nxt_s] : ends[e - 1]] for (_, e), (nxt_s, _) in pairwise(spans) if nxt_s < e
         ]
         return not overlaps or all(c <= self.overlap_tokens for c in self._count(overlaps))
+
+
+def _counts_by_offsets(
+    token_starts: Sequence[int], starts: list[int], ends: list[int]
+) -> list[int]:
+    """Word pieces of each unit [starts[i], ends[i]): those of the whole text's that start
+    within it. The tokenizer never makes a piece across whitespace, so this equals counting
+    each unit alone; an estimate that is off anyway is caught by `_all_within_limits`."""
+    counts: list[int] = []
+    low = 0
+    for start, end in zip(starts, ends, strict=True):
+        low = bisect.bisect_left(token_starts, start, low)
+        high = bisect.bisect_left(token_starts, end, low)
+        counts.append(high - low)
+        low = high
+    return counts
 
 
 def _trimmed(text: str, start: int, end: int) -> tuple[int, int] | None:
