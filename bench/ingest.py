@@ -1,18 +1,22 @@
 """Ingest benchmark: the whole pipeline against the bare embedding model, in the same run.
 
 Text: the PostgreSQL manual (Debian's postgresql-doc-15), each HTML page reduced to its main
-text by the project's extractor, taken in order until at least --megabytes of text. Prints:
-- chunks/s of the bare model (Embedder.embed on the pipeline's own chunks, batched), measured
-  before and after the pipeline runs: this machine's speed drifts between minutes, so the
-  ratio is taken against the mean of the two;
-- chunks/s of the whole pipeline: IngestDocument inline, one page per call, over gRPC to the
-  in-process stack (crypto, query, ingest, projects; PostgreSQL when reachable, else SQLite),
-  with 1, 4 and 8 calls in flight (--pages-in-flight), each into a project of its own;
-- the ratio pipeline / bare for each (target: at least 90%). Within a document the model
-  embeds while keyword terms, facts and encryption are done; with several documents in flight
-  the ingest service embeds their chunks in shared batches while their other steps (crypto,
-  storage, indexing) overlap with the model;
-- documents/s for many small documents (short texts, a few calls in flight).
+text by the project's extractor, taken in order until at least --megabytes of text. It is
+ingested twice, each time into a project of its own:
+- as pages: one document per page (about 5 KB each), with 1, 4 and 8 IngestDocument calls in
+  flight (--pages-in-flight);
+- as long documents: consecutive pages joined into documents of about --document-kb KB (the
+  size of a manual's chapter or a long PDF), with 1 and 2 in flight (--documents-in-flight).
+
+Each pipeline run is IngestDocument inline over gRPC to the in-process stack (crypto, query,
+ingest, projects; PostgreSQL when reachable, else SQLite). Prints for each run its chunks/s
+and the ratio to the bare model (target: at least 90%). The bare model (Embedder.embed, in
+the pipeline's batch size) embeds a sample of the same run's chunks right before and right
+after each pipeline run, and the ratio is taken against the mean of the two: this machine's
+speed drifts by 10% from one minute to the next, so a baseline measured once would decide
+the ratio more than the pipeline does. Then documents/s for many small documents (short
+texts, a few calls in flight).
+
 Prints figures only; nothing is asserted.
 """
 
@@ -25,6 +29,7 @@ import hashlib
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from contextcache.v1 import ingest_pb2
@@ -78,6 +83,28 @@ def small_texts(pages: list[tuple[str, str]], count: int) -> list[str]:
     return texts
 
 
+def join_pages(pages: list[tuple[str, str]], kilobytes: float) -> list[tuple[str, str]]:
+    """Consecutive pages joined into documents of at least `kilobytes` KB (the last one may
+    be shorter), titled after their first page."""
+    documents, title, parts, size = [], "", [], 0
+    for page_title, text in pages:
+        title = title or page_title
+        parts.append(text)
+        size += len(text.encode())
+        if size >= kilobytes * 1000:
+            documents.append((title, "\n\n".join(parts)))
+            title, parts, size = "", [], 0
+    if parts:
+        documents.append((title, "\n\n".join(parts)))
+    return documents
+
+
+def sample(chunk_texts: list[str], count: int) -> list[str]:
+    """`count` chunks spread evenly over the run (its mix of lengths)."""
+    step = max(1, len(chunk_texts) // count)
+    return chunk_texts[::step][:count]
+
+
 def bare_model(chunk_texts: list[str]) -> float:
     """Chunks/s of Embedder.embed alone, in the pipeline's batch size."""
     embedder = Embedder()
@@ -100,10 +127,12 @@ def settings_factory(data_dir: Path, database_url: str | None):
     return build
 
 
-async def ingest_pages(stack, pages: list[tuple[str, str]], in_flight: int) -> tuple[int, float]:
-    """(chunks stored, chunks/s) for the pages ingested inline, `in_flight` calls at a time,
-    into a project of their own (nothing is deduplicated against another run)."""
-    project, token = await new_project(stack, name=f"bench-{in_flight}")
+async def ingest_documents(
+    stack, documents: list[tuple[str, str]], in_flight: int, name: str
+) -> tuple[int, float]:
+    """(chunks stored, chunks/s) for the documents ingested inline, `in_flight` calls at a
+    time, into a project of their own (nothing is deduplicated against another run)."""
+    project, token = await new_project(stack, name=name)
     gate = asyncio.Semaphore(in_flight)
 
     async def ingest(title: str, body: str) -> int:
@@ -118,51 +147,83 @@ async def ingest_pages(stack, pages: list[tuple[str, str]], in_flight: int) -> t
             return response.document.chunk_count
 
     started = time.perf_counter()
-    chunks = sum(await asyncio.gather(*(ingest(title, body) for title, body in pages)))
+    chunks = sum(await asyncio.gather(*(ingest(title, body) for title, body in documents)))
     return chunks, chunks / (time.perf_counter() - started)
 
 
-async def pipeline(
-    data_dir: Path,
-    database_url: str | None,
-    pages: list[tuple[str, str]],
-    smalls: list[str],
-    in_flight: list[int],
-    concurrency: int,
-) -> tuple[dict[int, tuple[int, float]], float]:
-    """({pages in flight: (chunks stored, pipeline chunks/s)}, small documents/s)."""
+@dataclass
+class Run:
+    label: str
+    chunks: int
+    rate: float
+    bare_before: float
+    bare_after: float
+
+    @property
+    def ratio(self) -> float:
+        return self.rate / ((self.bare_before + self.bare_after) / 2)
+
+
+async def runs(
+    stack, corpora: list[tuple[str, list[tuple[str, str]], list[int]]], bare_chunks: int
+) -> list[Run]:
+    """Each corpus at each number of calls in flight, between two bare-model measurements."""
+    chunker = Chunker(Embedder.max_tokens, overlap_tokens=32)
+    done = []
+    for label, documents, in_flight in corpora:
+        texts = sample([c.text for _, t in documents for c in chunker.split(t)], bare_chunks)
+        bare = bare_model(texts)  # the stack is idle meanwhile
+        for n in in_flight:
+            chunks, rate = await ingest_documents(stack, documents, n, f"bench-{label}-{n}")
+            after = bare_model(texts)
+            done.append(Run(f"{len(documents)} {label}, {n} in flight", chunks, rate, bare, after))
+            bare = after
+    return done
+
+
+async def small_documents(stack, smalls: list[str], concurrency: int) -> float:
+    """Documents/s for short texts ingested inline, `concurrency` calls at a time."""
+    project, token = await new_project(stack, name="bench-small")
+    gate = asyncio.Semaphore(concurrency)
+
+    async def ingest(body: str) -> None:
+        async with gate:
+            await stack.ingest.IngestDocument(
+                ingest_pb2.IngestDocumentRequest(
+                    project_id=project.id, text=ingest_pb2.TextSource(body=body)
+                ),
+                metadata=token,
+                timeout=600,
+            )
+
+    started = time.perf_counter()
+    await asyncio.gather(*(ingest(body) for body in smalls))
+    return len(smalls) / (time.perf_counter() - started)
+
+
+async def measure(
+    data_dir: Path, database_url: str | None, corpora, bare_chunks: int, smalls, concurrency
+) -> tuple[list[Run], float]:
     async with running_stack(settings_factory(data_dir, database_url)) as stack:
-        rates = {n: await ingest_pages(stack, pages, n) for n in in_flight}
+        measured = await runs(stack, corpora, bare_chunks)
+        return measured, await small_documents(stack, smalls, concurrency)
 
-        small_project, small_token = await new_project(stack, name="bench-small")
-        gate = asyncio.Semaphore(concurrency)
 
-        async def ingest(body: str) -> None:
-            async with gate:
-                await stack.ingest.IngestDocument(
-                    ingest_pb2.IngestDocumentRequest(
-                        project_id=small_project.id, text=ingest_pb2.TextSource(body=body)
-                    ),
-                    metadata=small_token,
-                    timeout=600,
-                )
-
-        started = time.perf_counter()
-        await asyncio.gather(*(ingest(body) for body in smalls))
-        document_rate = len(smalls) / (time.perf_counter() - started)
-    return rates, document_rate
+def numbers(text: str) -> list[int]:
+    return [int(n) for n in text.split(",") if n]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--html-dir", type=Path, default=MANUAL)
     parser.add_argument("--megabytes", type=float, default=1.0)
-    parser.add_argument("--small-documents", type=int, default=200)
+    parser.add_argument("--pages-in-flight", default="1,4,8", help="comma-separated")
+    parser.add_argument("--document-kb", type=float, default=128)
+    parser.add_argument("--documents-in-flight", default="1,2", help="comma-separated")
     parser.add_argument(
-        "--pages-in-flight",
-        default="1,4,8",
-        help="comma-separated: IngestDocument calls in flight for the pipeline runs",
+        "--bare-chunks", type=int, default=320, help="chunks per bare-model measurement"
     )
+    parser.add_argument("--small-documents", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=8, help="small documents in flight")
     parser.add_argument("--sqlite", action="store_true", help="SQLite even if PostgreSQL is up")
     args = parser.parse_args()
@@ -170,41 +231,37 @@ def main() -> int:
         print(INSTALL_HINT, file=sys.stderr)
         return 2
 
-    in_flight = [int(n) for n in args.pages_in_flight.split(",")]
     pages = load_pages(args.html_dir, args.megabytes)
     text_bytes = sum(len(text.encode()) for _, text in pages)
+    corpora = [
+        ("pages", pages, numbers(args.pages_in_flight)),
+        (
+            f"documents of ~{args.document_kb:g} KB",
+            join_pages(pages, args.document_kb),
+            numbers(args.documents_in_flight),
+        ),
+    ]
     smalls = small_texts(pages, args.small_documents)
-    embedder = Embedder()
     load_model()
-    embedder.embed(["warm up"] * 8)
-    chunker = Chunker(embedder.max_tokens, overlap_tokens=32)
-    chunk_texts = [chunk.text for _, text in pages for chunk in chunker.split(text)]
-    print(
-        f"text: {len(pages)} pages of {args.html_dir}, {text_bytes / 1e6:.2f} MB, "
-        f"{len(chunk_texts)} chunks"
-    )
-
-    bare_before = bare_model(chunk_texts)
-    print(f"bare model (Embedder.embed, batches of {EMBED_BATCH}): {bare_before:.1f} chunks/s")
+    Embedder().embed(["warm up"] * 8)
+    print(f"text: {len(pages)} pages of {args.html_dir}, {text_bytes / 1e6:.2f} MB")
 
     use_postgres = not args.sqlite and postgres_available()
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         database_url = stack.enter_context(fresh_database()) if use_postgres else None
-        rates, documents = asyncio.run(
-            pipeline(Path(tmp), database_url, pages, smalls, in_flight, args.concurrency)
+        measured, documents = asyncio.run(
+            measure(Path(tmp), database_url, corpora, args.bare_chunks, smalls, args.concurrency)
         )
-    bare_after = bare_model(chunk_texts)
-    bare = (bare_before + bare_after) / 2
-    print(
-        f"bare model again, after the pipeline runs: {bare_after:.1f} chunks/s "
-        f"(mean {bare:.1f}, the baseline of the ratios below)"
-    )
     store = "PostgreSQL" if use_postgres else "SQLite"
-    for n, (chunks, rate) in rates.items():
+    print(
+        f"pipeline: IngestDocument inline over gRPC, {store}; bare model: Embedder.embed in "
+        f"batches of {EMBED_BATCH} on {args.bare_chunks} of the run's chunks, before and after"
+    )
+    for run in measured:
         print(
-            f"pipeline (IngestDocument inline per page over gRPC, {n} in flight, {store}): "
-            f"{rate:.1f} chunks/s ({chunks} chunks); pipeline / bare: {rate / bare:.0%} "
-            "(target >= 90%)"
+            f"{run.label}: pipeline {run.rate:.1f} chunks/s ({run.chunks} chunks), "
+            f"bare {run.bare_before:.1f}/{run.bare_after:.1f}; "
+            f"pipeline / bare: {run.ratio:.0%} (target >= 90%)"
         )
     print(
         f"small documents ({len(smalls)} texts of 200-600 bytes, {args.concurrency} in flight): "
