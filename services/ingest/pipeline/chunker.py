@@ -2,7 +2,9 @@
 
 Guarantees, for any input string (checked by property tests):
 - every chunk counts at most `max_tokens` word pieces including the model's special tokens,
-  as counted by the real tokenizer, never by an estimate alone;
+  as counted by the real tokenizer (one pass over the whole text, whose pieces never cross
+  whitespace; chunks holding parts of a word cut apart are tokenized again on their own),
+  never by an estimate alone;
 - every non-whitespace character lies in at least one chunk;
 - consecutive chunks overlap by at most `overlap_tokens` word pieces, and start and end
   strictly later than the chunk before;
@@ -125,7 +127,12 @@ class Chunker:
         if not units.starts:
             return []
         spans = self._plan(units, text, verified=False)
-        if not self._all_within_limits(text, units, spans):
+        # Counts taken from one tokenizer pass over the text are exact for any run of whole
+        # words: the tokenizer makes no piece across whitespace, so a chunk tokenized alone
+        # gives the pieces of that pass which start inside it. Only pieces of a word cut
+        # apart (joined again in a chunk) or another counter's counts need checking.
+        exact = self._starts is not None and _JOINED not in units.breaks
+        if not exact and not self._all_within_limits(text, units, spans):
             # The estimate (a sum over units) was off somewhere, which happens only where
             # pieces of an over-long word are joined again. Plan again, checking each chunk
             # with the tokenizer as it is made.
