@@ -133,13 +133,21 @@ class IngestionPipeline:
     async def close(self) -> None:
         await self.batcher.stop()
 
-    async def process(self, document_id: str, token: str, payload: str | None = None) -> Result:
+    async def process(
+        self,
+        document_id: str,
+        token: str,
+        payload: str | None = None,
+        claimed: DocumentRow | None = None,
+    ) -> Result:
         """Runs the pipeline for one document; never raises for the document's own faults.
 
         `payload` is the document's upload in plaintext when the caller still holds it (an
-        inline ingestion); otherwise the stored upload is read and decrypted.
+        inline ingestion); otherwise the stored upload is read and decrypted. `claimed`: the
+        document as stored already claimed (an inline ingestion inserts it so), else it is
+        claimed here.
         """
-        document = await self.store.claim(document_id, self.lease)
+        document = claimed or await self.store.claim(document_id, self.lease)
         if document is None:
             return Result(Outcome.SKIPPED)
         heartbeat = asyncio.create_task(self._heartbeat(document_id))
@@ -286,7 +294,7 @@ class IngestionPipeline:
         embedded are reused."""
         total = len(texts)
         vectors = np.zeros((total, self.embedder.dimension), dtype=np.float32)
-        known = await self.store.known_embeddings(document.project_id, list(dict.fromkeys(hashes)))
+        known = await self.store.start_embedding(document, hashes, total)
         todo: dict[str, list[int]] = {}
         for i, h in enumerate(hashes):
             if h in known:
@@ -294,7 +302,6 @@ class IngestionPipeline:
             else:
                 todo.setdefault(h, []).append(i)
         done = total - sum(len(v) for v in todo.values())
-        await self.store.progress(document.id, done, total)
         pending = list(todo.items())
         batches = range(0, len(pending), EMBED_BATCH)
         for start in batches:

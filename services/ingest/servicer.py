@@ -167,7 +167,8 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         """Processes the document now. `known`: its (upload, title, source) in plaintext, when
         the caller has them (then nothing is read back and decrypted)."""
         payload = known[0] if known else None
-        result = await self.app.pipeline().process(document.id, job_token, payload)
+        claimed = document if document.status == "processing" else None
+        result = await self.app.pipeline().process(document.id, job_token, payload, claimed)
         if result.outcome is Outcome.FAILED and result.error is not None:
             if result.error.code.name == "ALREADY_EXISTS":
                 await self.app.store.delete_document(document.project_id, document.id)
@@ -190,7 +191,8 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
 
     async def IngestDocument(self, request, context):
         project_id = request.project_id
-        token = await self._authorize(context, project_id)
+        # The insert checks, in its transaction, that the project was not deleted.
+        token = await self.app.tokens.authorize(context, project_id)
         source_type, prepared, source, payload = await self._prepare(request)
         cipher = ContentCipher(self.app.crypto, project_id, token)
         document_id = str(uuid.uuid4())
@@ -204,10 +206,12 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         )
         job_token = await self._job_token(project_id, token)
         now = utcnow()
+        # An inline run stores the document claimed (processing, first attempt), so the
+        # pipeline need not claim it in a transaction of its own.
         document = DocumentRow(
             id=document_id,
             project_id=project_id,
-            status="queued",
+            status="queued" if request.background else "processing",
             source_type=source_type,
             title_ct=title_ct if title else None,
             source_ct=source_ct if source else None,
@@ -219,7 +223,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             lease_expires_at=now + self.app.pipeline().lease,
             created_at=now,
             updated_at=now,
-            attempts=0,
+            attempts=0 if request.background else 1,
             chunk_count=0,
             fact_count=0,
             chunks_embedded=0,

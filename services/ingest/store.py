@@ -4,10 +4,12 @@ Duplicate detection relies on the unique index over (project_id, content_hash) o
 that did not fail — a race between two ingestions of the same text ends with one of them
 getting ALREADY_EXISTS, never two copies.
 
-The steps every ingested document goes through (insert, claim, progress, store, complete, and
-the reads between them) are single Core statements, with RETURNING where the caller needs the
-row back: on a page-sized document they are a large share of the pipeline's own CPU, which
-competes with the embedding model for the same cores. Rarer paths use the ORM session.
+The steps every ingested document goes through (insert, claim, start of embedding, store,
+complete) are Core statements built once at import (SQLAlchemy then skips building and
+cache-keying them per call), with RETURNING where the caller needs the row back, and as few
+transactions as the step allows: on a page-sized document they are a large share of the
+pipeline's own CPU, which competes with the embedding model for the same cores. Rarer paths
+use the ORM session.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -29,6 +31,73 @@ ACTIVE = ("queued", "processing")
 DOCUMENTS = DocumentRow.__table__
 CHUNK_COLUMNS = [column.key for column in ChunkRow.__table__.columns]
 FACT_COLUMNS = [column.key for column in FactRow.__table__.columns if column.key != "id"]
+DOCUMENT_COLUMNS = [column.key for column in DOCUMENTS.columns]
+CHUNKS = ChunkRow.__table__
+FACTS = FactRow.__table__
+UPLOADS = UploadRow.__table__
+PURGED = PurgedProjectRow.__table__
+
+# The hot statements, built once (bind parameter names must differ from column names).
+_IS_PURGED = select(PURGED.c.project_id).where(PURGED.c.project_id == bindparam("p_project"))
+_INSERT_DOCUMENT = insert(DOCUMENTS)
+_INSERT_UPLOAD = insert(UPLOADS)
+_INSERT_CHUNKS = insert(CHUNKS)
+_INSERT_FACTS = insert(FACTS)
+_FIND = select(DOCUMENTS).where(DOCUMENTS.c.id == bindparam("p_id"))
+_CLAIM = (
+    update(DOCUMENTS)
+    .where(
+        DOCUMENTS.c.id == bindparam("p_id"),
+        (DOCUMENTS.c.status == "queued")
+        | (
+            (DOCUMENTS.c.status == "processing")
+            & (DOCUMENTS.c.lease_expires_at < bindparam("p_now"))
+        ),
+    )
+    .values(
+        status="processing",
+        attempts=DOCUMENTS.c.attempts + 1,
+        lease_expires_at=bindparam("p_lease"),
+        updated_at=bindparam("p_now"),
+        error="",
+    )
+    .returning(DOCUMENTS)
+)
+_PROGRESS = (
+    update(DOCUMENTS)
+    .where(DOCUMENTS.c.id == bindparam("p_id"))
+    .values(
+        chunks_embedded=bindparam("p_embedded"),
+        chunks_total=bindparam("p_total"),
+        updated_at=bindparam("p_now"),
+    )
+)
+_KNOWN = select(CHUNKS.c.text_hash, CHUNKS.c.embedding).where(
+    CHUNKS.c.project_id == bindparam("p_project"),
+    CHUNKS.c.text_hash.in_(bindparam("p_hashes", expanding=True)),
+)
+_LOCK = select(DOCUMENTS).where(DOCUMENTS.c.id == bindparam("p_id")).with_for_update()
+_DELETE_FACTS = delete(FACTS).where(FACTS.c.document_id == bindparam("p_id"))
+_DELETE_CHUNKS = delete(CHUNKS).where(CHUNKS.c.document_id == bindparam("p_id"))
+_DELETE_UPLOAD = delete(UPLOADS).where(UPLOADS.c.document_id == bindparam("p_id"))
+_COMPLETE = (
+    update(DOCUMENTS)
+    .where(DOCUMENTS.c.id == bindparam("p_id"), DOCUMENTS.c.status == "processing")
+    .values(
+        status="completed",
+        chunk_count=bindparam("p_chunks"),
+        fact_count=bindparam("p_facts"),
+        chunks_embedded=bindparam("p_chunks"),
+        chunks_total=bindparam("p_chunks"),
+        stored_bytes=bindparam("p_bytes"),
+        error="",
+        job_token=None,
+        lease_expires_at=None,
+        completed_at=bindparam("p_now"),
+        updated_at=bindparam("p_now"),
+    )
+    .returning(DOCUMENTS)
+)
 
 
 @dataclass(frozen=True)
@@ -49,19 +118,21 @@ class DocumentStore:
 
     async def is_purged(self, project_id: str) -> bool:
         async with self.engine.connect() as connection:
-            found = await connection.scalar(
-                select(PurgedProjectRow.project_id).where(PurgedProjectRow.project_id == project_id)
-            )
+            found = await connection.scalar(_IS_PURGED, {"p_project": project_id})
         return found is not None
 
     async def insert(self, document: DocumentRow, payload_ct: bytes) -> DocumentRow:
-        """Stores a new document with its encrypted upload; ALREADY_EXISTS on same content."""
-        values = {column.key: getattr(document, column.key) for column in DOCUMENTS.columns}
+        """Stores a new document with its encrypted upload, in the state `document` is in
+        (queued, or already claimed by an inline run). NOT_FOUND if the project was deleted;
+        ALREADY_EXISTS on the same content."""
+        values = {column: getattr(document, column) for column in DOCUMENT_COLUMNS}
         try:
             async with self.engine.begin() as connection:
-                await connection.execute(insert(DOCUMENTS).values(values))
+                if await connection.scalar(_IS_PURGED, {"p_project": document.project_id}):
+                    raise NotFound(f"Project {document.project_id} was deleted")
+                await connection.execute(_INSERT_DOCUMENT, values)
                 await connection.execute(
-                    insert(UploadRow).values(document_id=document.id, payload_ct=payload_ct)
+                    _INSERT_UPLOAD, {"document_id": document.id, "payload_ct": payload_ct}
                 )
         except IntegrityError:
             raise await self._duplicate_error(document.project_id, document.content_hash) from None
@@ -90,8 +161,7 @@ class DocumentStore:
 
     async def find(self, document_id: str) -> DocumentRow | None:
         async with self.engine.connect() as connection:
-            found = await connection.execute(select(DOCUMENTS).where(DOCUMENTS.c.id == document_id))
-            return _document(found.first())
+            return _document((await connection.execute(_FIND, {"p_id": document_id})).first())
 
     async def page(
         self, project_id: str, status: str | None, size: int, after: tuple[str, str] | None
@@ -124,20 +194,7 @@ class DocumentStore:
         now = utcnow()
         async with self.engine.begin() as connection:
             claimed = await connection.execute(
-                update(DOCUMENTS)
-                .where(
-                    DOCUMENTS.c.id == document_id,
-                    (DOCUMENTS.c.status == "queued")
-                    | ((DOCUMENTS.c.status == "processing") & (DOCUMENTS.c.lease_expires_at < now)),
-                )
-                .values(
-                    status="processing",
-                    attempts=DOCUMENTS.c.attempts + 1,
-                    lease_expires_at=now + lease,
-                    updated_at=now,
-                    error="",
-                )
-                .returning(DOCUMENTS)
+                _CLAIM, {"p_id": document_id, "p_now": now, "p_lease": now + lease}
             )
             return _document(claimed.first())
 
@@ -179,24 +236,23 @@ class DocumentStore:
 
     async def progress(self, document_id: str, embedded: int, total: int) -> None:
         async with self.engine.begin() as connection:
-            await connection.execute(
-                update(DOCUMENTS)
-                .where(DOCUMENTS.c.id == document_id)
-                .values(chunks_embedded=embedded, chunks_total=total, updated_at=utcnow())
-            )
+            await connection.execute(_PROGRESS, _progress(document_id, embedded, total))
 
-    async def known_embeddings(self, project_id: str, hashes: Sequence[str]) -> dict[str, bytes]:
-        """Embeddings the project already has for these chunk texts (no re-embedding)."""
+    async def start_embedding(
+        self, document: DocumentRow, hashes: Sequence[str], total: int
+    ) -> dict[str, bytes]:
+        """Embeddings the project already has for these chunk texts (no re-embedding), and
+        the document's progress set to them out of `total`, in one transaction."""
         found: dict[str, bytes] = {}
-        async with self.engine.connect() as connection:
-            for start in range(0, len(hashes), 500):
-                batch = list(hashes[start : start + 500])
-                rows = await connection.execute(
-                    select(ChunkRow.text_hash, ChunkRow.embedding).where(
-                        ChunkRow.project_id == project_id, ChunkRow.text_hash.in_(batch)
-                    )
-                )
+        unique = list(dict.fromkeys(hashes))
+        project = document.project_id
+        async with self.engine.begin() as connection:
+            for start in range(0, len(unique), 500):
+                batch = unique[start : start + 500]
+                rows = await connection.execute(_KNOWN, {"p_project": project, "p_hashes": batch})
                 found.update({h: e for h, e in rows.all()})
+            embedded = sum(1 for h in hashes if h in found)
+            await connection.execute(_PROGRESS, _progress(document.id, embedded, total))
         return found
 
     async def store_chunks(
@@ -205,46 +261,32 @@ class DocumentStore:
         """Replaces the document's chunks and facts in one transaction (re-runs never
         duplicate); the document as it is now. None if it was deleted meanwhile."""
         async with self.engine.begin() as connection:
-            locked = await connection.execute(
-                select(DOCUMENTS).where(DOCUMENTS.c.id == document_id).with_for_update()
-            )
-            document = _document(locked.first())
+            document = _document((await connection.execute(_LOCK, {"p_id": document_id})).first())
             if document is None or document.status != "processing":
                 return None
-            await connection.execute(delete(FactRow).where(FactRow.document_id == document_id))
-            await connection.execute(delete(ChunkRow).where(ChunkRow.document_id == document_id))
+            if document.attempts > 1:  # an earlier run may have stored some
+                await connection.execute(_DELETE_FACTS, {"p_id": document_id})
+                await connection.execute(_DELETE_CHUNKS, {"p_id": document_id})
             if chunks:
-                await connection.execute(insert(ChunkRow), _values(chunks, CHUNK_COLUMNS))
+                await connection.execute(_INSERT_CHUNKS, _values(chunks, CHUNK_COLUMNS))
             if facts:
-                await connection.execute(insert(FactRow), _values(facts, FACT_COLUMNS))
+                await connection.execute(_INSERT_FACTS, _values(facts, FACT_COLUMNS))
         return document
 
     async def complete(
         self, document_id: str, chunk_count: int, fact_count: int, stored_bytes: int
     ) -> DocumentRow | None:
         """processing → completed; the completed document, or None if it is gone."""
-        now = utcnow()
+        parameters = {
+            "p_id": document_id,
+            "p_chunks": chunk_count,
+            "p_facts": fact_count,
+            "p_bytes": stored_bytes,
+            "p_now": utcnow(),
+        }
         async with self.engine.begin() as connection:
-            completed = await connection.execute(
-                update(DOCUMENTS)
-                .where(DOCUMENTS.c.id == document_id, DOCUMENTS.c.status == "processing")
-                .values(
-                    status="completed",
-                    chunk_count=chunk_count,
-                    fact_count=fact_count,
-                    chunks_embedded=chunk_count,
-                    chunks_total=chunk_count,
-                    stored_bytes=stored_bytes,
-                    error="",
-                    job_token=None,
-                    lease_expires_at=None,
-                    completed_at=now,
-                    updated_at=now,
-                )
-                .returning(DOCUMENTS)
-            )
-            document = _document(completed.first())
-            await connection.execute(delete(UploadRow).where(UploadRow.document_id == document_id))
+            document = _document((await connection.execute(_COMPLETE, parameters)).first())
+            await connection.execute(_DELETE_UPLOAD, {"p_id": document_id})
             return document
 
     async def fail(self, document_id: str, reason: str) -> None:
@@ -372,6 +414,10 @@ class DocumentStore:
 def _document(row: Row | None) -> DocumentRow | None:
     """A documents row read with Core, as a (detached) DocumentRow."""
     return None if row is None else DocumentRow(**row._mapping)
+
+
+def _progress(document_id: str, embedded: int, total: int) -> dict[str, object]:
+    return {"p_id": document_id, "p_embedded": embedded, "p_total": total, "p_now": utcnow()}
 
 
 def _values(rows: Sequence[ChunkRow] | Sequence[FactRow], columns: list[str]) -> list[dict]:
