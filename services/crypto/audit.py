@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from google.protobuf import timestamp_pb2
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
@@ -42,6 +42,23 @@ DOMAIN = "contextcache/audit-event/v1"
 GENESIS_HASH = bytes(32)
 APPEND_ATTEMPTS = 3
 REPLAY_BATCH = 1000
+
+# An append's statements, built once (every ingested document appends an event).
+_LOCK_HEAD = (
+    select(audit_chains)
+    .where(audit_chains.c.project_id == bindparam("p_project"))
+    .with_for_update()
+)
+_INSERT_EVENT = insert(audit_events)
+_MOVE_HEAD = (
+    update(audit_chains)
+    .where(audit_chains.c.project_id == bindparam("p_project"))
+    .values(head_seq=bindparam("p_seq"), head_hash=bindparam("p_hash"))
+)
+_START_CHAIN = {
+    dialect: module.insert(audit_chains).on_conflict_do_nothing(index_elements=["project_id"])
+    for dialect, module in (("sqlite", sqlite), ("postgresql", postgresql))
+}
 
 
 def event_hash(
@@ -187,46 +204,48 @@ class AuditChain:
                 signer.sign(digest),
             )
             await connection.execute(
-                insert(audit_events).values(
-                    project_id=project_id,
-                    seq=seq,
-                    event_type=event_type,
-                    actor=actor,
-                    time_us=time_us,
-                    attributes=json.dumps(attributes, sort_keys=True, ensure_ascii=False),
-                    prev_hash=record.prev_hash,
-                    hash=digest,
-                    signature=record.signature,
-                )
+                _INSERT_EVENT,
+                {
+                    "project_id": project_id,
+                    "seq": seq,
+                    "event_type": event_type,
+                    "actor": actor,
+                    "time_us": time_us,
+                    "attributes": json.dumps(attributes, sort_keys=True, ensure_ascii=False),
+                    "prev_hash": record.prev_hash,
+                    "hash": digest,
+                    "signature": record.signature,
+                },
             )
             await connection.execute(
-                update(audit_chains)
-                .where(audit_chains.c.project_id == project_id)
-                .values(head_seq=seq, head_hash=digest)
+                _MOVE_HEAD, {"p_project": project_id, "p_seq": seq, "p_hash": digest}
             )
         return record
 
     async def _lock_head(
         self, connection: AsyncConnection, project_id: str, public_key: bytes, now_us: int
     ) -> Row:
-        """The chain's head row, created on first use and locked until the transaction ends."""
-        dialect_insert = sqlite.insert if self._sqlite else postgresql.insert
-        # A write first: in SQLite it takes the write lock before anything is read.
+        """The chain's head row, created on first use and locked until the transaction ends.
+
+        PostgreSQL locks an existing head with one statement (the common case). SQLite
+        writes first, always: that takes its database write lock before anything is read.
+        """
+        key = {"p_project": project_id}
+        if not self._sqlite:
+            head = (await connection.execute(_LOCK_HEAD, key)).first()
+            if head is not None:
+                return head
         await connection.execute(
-            dialect_insert(audit_chains)
-            .values(
-                project_id=project_id,
-                public_key=public_key,
-                head_seq=0,
-                head_hash=GENESIS_HASH,
-                created_at_us=now_us,
-            )
-            .on_conflict_do_nothing(index_elements=["project_id"])
+            _START_CHAIN["sqlite" if self._sqlite else "postgresql"],
+            {
+                "project_id": project_id,
+                "public_key": public_key,
+                "head_seq": 0,
+                "head_hash": GENESIS_HASH,
+                "created_at_us": now_us,
+            },
         )
-        result = await connection.execute(
-            select(audit_chains).where(audit_chains.c.project_id == project_id).with_for_update()
-        )
-        return result.one()
+        return (await connection.execute(_LOCK_HEAD, key)).one()
 
     async def events(
         self, project_id: str, after_seq: int = 0, limit: int | None = None

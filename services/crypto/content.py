@@ -16,6 +16,7 @@ HMAC-SHA256(terms subkey, UTF-8 term), the subkey being HKDF(data key,
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import uuid
 from collections.abc import Iterable
@@ -62,7 +63,11 @@ class ProjectCipher:
             raise DataLoss(f"Item {index} cannot be decrypted: {error}") from None
 
     def term_ids(self, terms: Iterable[str]) -> list[int]:
-        key = self._terms_key
-        return [
-            int.from_bytes(hmac.digest(key, term.encode(), "sha256")[:4], "big") for term in terms
-        ]
+        # One keyed HMAC, copied per term: the key is set up once, not once per term.
+        keyed = hmac.new(self._terms_key, digestmod=hashlib.sha256)
+        ids = []
+        for term in terms:
+            mac = keyed.copy()
+            mac.update(term.encode())
+            ids.append(int.from_bytes(mac.digest()[:4], "big"))
+        return ids
