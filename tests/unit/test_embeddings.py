@@ -94,6 +94,17 @@ def test_batching_does_not_change_vectors(embedder: Embedder) -> None:
     np.testing.assert_allclose(batched[:5], one_by_one, atol=1e-5)
 
 
+def test_batches_embedded_side_by_side_equal_the_models_own_encode(embedder: Embedder) -> None:
+    """Inputs of several batches run as parallel single-threaded passes: same vectors, same
+    order as SentenceTransformer.encode gives."""
+    texts = [f"Sentence {i}: " + "word " * (i * 7 % 60) for i in range(70)]
+    parallel = Embedder(batch_size=8).embed(texts)  # 9 batches over the CPUs
+    expected = embedder.model.encode(
+        texts, batch_size=8, convert_to_numpy=True, normalize_embeddings=True
+    )
+    np.testing.assert_allclose(parallel, expected, atol=1e-5)
+
+
 def test_token_counts_match_the_models_own_tokenizer(embedder: Embedder) -> None:
     samples = [
         "Hello, world!",
@@ -129,11 +140,13 @@ def test_a_forked_child_of_a_process_that_embedded_can_embed() -> None:
         import os
         import numpy as np
         from retrieval.embeddings import Embedder
-        embedder = Embedder()
+        embedder = Embedder(batch_size=4)
+        embedder.embed([f"text {i}" for i in range(16)])  # batches side by side (a pool)
         parent = embedder.embed(["same text"])
         read, write = os.pipe()
         pid = os.fork()
         if pid == 0:
+            embedder.embed([f"text {i}" for i in range(16)])
             child = embedder.embed(["same text"])
             os.write(write, child.tobytes())
             os._exit(0)
