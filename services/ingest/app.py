@@ -67,8 +67,6 @@ class IngestApp(ServiceApp):
         return self._pipeline
 
     async def close(self) -> None:
-        if self._pipeline is not None:
-            await self._pipeline.close()
         for channel in self.channels.values():
             await channel.close()
         await self.engine.dispose()

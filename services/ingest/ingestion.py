@@ -17,6 +17,7 @@ import enum
 import hashlib
 import json
 import logging
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -40,7 +41,6 @@ from runtime.clients import calling
 from runtime.db import as_utc
 from runtime.errors import AlreadyExists, ServiceError, Unavailable
 from runtime.tokens import TOKEN_METADATA_KEY
-from services.ingest.batcher import EmbeddingBatcher
 from services.ingest.models import ChunkRow, DocumentRow, FactRow
 from services.ingest.pipeline.chunker import Chunk, Chunker
 from services.ingest.pipeline.errors import IngestError, UnreadableDocument
@@ -51,7 +51,13 @@ from services.ingest.pipeline.normalize import content_hash, has_readable_text, 
 from services.ingest.store import DocumentStore
 
 log = logging.getLogger(__name__)
-EMBED_BATCH = 64
+# Chunks per progress step: the texts of one step are handed to the embedding workers
+# together, and the document's progress is written as each step completes.
+EMBED_STEP = 64
+# Steps of one document waiting at the workers at a time: enough that the workers never wait
+# for this document's next step, few enough that a long document neither holds every chunk
+# text there nor makes the workers sort thousands of waiting texts.
+EMBED_STEPS_AHEAD = 4
 INDEX_BATCH = 256
 
 
@@ -117,9 +123,8 @@ class IngestionPipeline:
         self.crypto = crypto
         self.query = query
         self.fetcher = fetcher
+        # Pooled: documents processed at the same time share model batches.
         self.embedder = embedder or Embedder()
-        # Documents processed at the same time share model batches.
-        self.batcher = EmbeddingBatcher(self.embedder, max_texts=EMBED_BATCH)
         self._chunker = chunker
         self.lease = lease
         self.max_attempts = max_attempts
@@ -129,9 +134,6 @@ class IngestionPipeline:
         if self._chunker is None:
             self._chunker = Chunker(self.embedder.max_tokens, overlap_tokens=32)
         return self._chunker
-
-    async def close(self) -> None:
-        await self.batcher.stop()
 
     async def process(
         self,
@@ -303,17 +305,25 @@ class IngestionPipeline:
                 todo.setdefault(h, []).append(i)
         done = total - sum(len(v) for v in todo.values())
         pending = list(todo.items())
-        batches = range(0, len(pending), EMBED_BATCH)
-        for start in batches:
-            batch = pending[start : start + EMBED_BATCH]
-            embedded = await self.batcher.embed([texts[positions[0]] for _, positions in batch])
-            for (_, positions), vector in zip(batch, embedded, strict=True):
-                vectors[positions] = vector
-                done += len(positions)
-            # A document embedded in one batch goes from none to completed (which records
-            # every chunk as embedded) without an intermediate write.
-            if len(batches) > 1:
-                await self.store.progress(document.id, done, total)
+        steps = [pending[i : i + EMBED_STEP] for i in range(0, len(pending), EMBED_STEP)]
+        submitted: deque[asyncio.Future[np.ndarray]] = deque()
+        try:
+            for number, step in enumerate(steps):
+                while len(submitted) < EMBED_STEPS_AHEAD and number + len(submitted) < len(steps):
+                    ahead = steps[number + len(submitted)]
+                    texts_ahead = [texts[positions[0]] for _, positions in ahead]
+                    submitted.append(asyncio.wrap_future(self.embedder.submit(texts_ahead)))
+                embedded = await submitted.popleft()
+                for (_, positions), vector in zip(step, embedded, strict=True):
+                    vectors[positions] = vector
+                    done += len(positions)
+                # A document embedded in one step goes from none to completed (which records
+                # every chunk as embedded) without an intermediate write.
+                if len(steps) > 1:
+                    await self.store.progress(document.id, done, total)
+        finally:
+            for future in submitted:  # only if this document gave up or failed
+                future.cancel()
         return vectors
 
     async def _sparse(

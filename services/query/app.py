@@ -34,9 +34,10 @@ class QueryApp(ServiceApp):
         self.index = await open_index(self.settings.qdrant_url, self.settings.index_path)
         # A query is one short text: one torch thread embeds it in ~14 ms here. A thread per
         # core spin-waits for cores this service shares with crypto, Envoy and other requests
-        # (p90 100-490 ms on 2 busy cores). The embedder runs one inference at a time anyway,
-        # on an executor thread of its own.
-        self.embedder = Embedder(threads=1)
+        # (p90 100-490 ms on 2 busy cores). Queries are embedded one at a time, in the
+        # calling thread (no hand-off to the embedding workers), on an executor thread of
+        # their own.
+        self.embedder = Embedder(pooled=False)
         self.embed_executor = ThreadPoolExecutor(1, thread_name_prefix="query-embed")
         # Once per process, before the first query.
         await asyncio.get_running_loop().run_in_executor(self.embed_executor, load_model)

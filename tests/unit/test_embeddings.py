@@ -176,29 +176,27 @@ def test_a_forked_child_of_a_process_that_embedded_can_embed() -> None:
     assert float(out.strip()) < 1e-5
 
 
-def test_each_embedder_runs_on_its_own_thread_count_whatever_thread_calls_it() -> None:
-    """The query service embeds on one torch thread; that must not leave ingestion (in the
-    same process, on threads started afterwards) on one thread too."""
+def test_queries_embed_in_the_calling_thread_and_ingestion_on_one_worker_per_cpu() -> None:
+    """The query service's embedder (not pooled) starts no worker; the pooled one runs one
+    single-threaded worker per CPU; both give the same vectors."""
     script = textwrap.dedent(
         """
         import threading
-        import torch
+        from retrieval import embeddings
         from retrieval.embeddings import Embedder, _cpu_count
-        counts = {}
-        def run(name, embedder):
-            embedder.embed(["some text"])
-            counts[name] = torch.get_num_threads()
-        for name, embedder in (("query", Embedder(threads=1)), ("ingest", Embedder())):
-            thread = threading.Thread(target=run, args=(name, embedder))
-            thread.start()
-            thread.join()
-        print(counts["query"], counts["ingest"], _cpu_count())
+        texts = [f"Text {i}: " + "word " * (i * 5 % 40) for i in range(12)]
+        query = Embedder(pooled=False).embed(texts)
+        none_yet = embeddings._workers is None
+        pooled = Embedder(batch_size=4).embed(texts)
+        workers = [t for t in threading.enumerate() if t.name.startswith("embedding-")]
+        print(none_yet, len(workers), _cpu_count(), float(abs(query - pooled).max()))
         """
     )
     result = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=180
     )
     assert result.returncode == 0, result.stderr
-    query, ingest, cpus = map(int, result.stdout.split())
-    assert query == 1
-    assert ingest == cpus
+    none_yet, workers, cpus, difference = result.stdout.split()
+    assert none_yet == "True"
+    assert workers == cpus
+    assert float(difference) < 1e-5

@@ -1,0 +1,135 @@
+"""EmbeddingWorkers: texts of concurrent callers share batches of similar lengths; each
+caller gets its own vectors, in order."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from retrieval.batching import EmbeddingWorkers
+
+
+class RecordingModel:
+    """A stand-in forward pass: a text's vector is (its number, its length). Batches are
+    recorded; while `hold` is clear, passes wait for it (texts then gather behind them)."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+        self.hold = threading.Event()
+        self.started = threading.Semaphore(0)
+        self.fail_on: str | None = None
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        self.batches.append(list(texts))
+        self.started.release()
+        assert self.hold.wait(10)
+        if self.fail_on in texts:
+            raise RuntimeError("model failure")
+        rows = [[float(t.split("-")[1].rstrip(".")), len(t)] for t in texts]
+        return np.array(rows, dtype=np.float32)
+
+    def wait_started(self, passes: int = 1) -> None:
+        for _ in range(passes):
+            assert self.started.acquire(timeout=10)
+
+
+def texts(prefix: str, count: int, pad: int = 0) -> list[str]:
+    return [f"{prefix}-{i}" + "." * pad for i in range(count)]
+
+
+def numbers(vectors: np.ndarray) -> list[int]:
+    return [int(v) for v in vectors[:, 0]]
+
+
+def test_callers_waiting_together_share_batches_and_get_their_own_vectors_back():
+    model = RecordingModel()
+    workers = EmbeddingWorkers(model, 1)
+    first = workers.submit(texts("a", 1), batch_size=8)
+    model.wait_started()  # the worker is busy: the next texts gather
+    waiting = [workers.submit(texts(p, 3), batch_size=8) for p in "bcd"]
+    model.hold.set()
+    assert numbers(first.result(10)) == [0]
+    for future in waiting:
+        assert numbers(future.result(10)) == [0, 1, 2]
+    # 9 texts waiting, batches of at most 8.
+    assert [len(b) for b in model.batches] == [1, 8, 1]
+
+
+def test_one_caller_alone_is_spread_over_every_worker():
+    model = RecordingModel()
+    workers = EmbeddingWorkers(model, 2)
+    future = workers.submit(texts("a", 6), batch_size=32)
+    model.wait_started(2)
+    model.hold.set()
+    assert numbers(future.result(10)) == list(range(6))
+    assert sorted(len(b) for b in model.batches) == [3, 3]
+
+
+def test_texts_of_similar_length_go_together_longest_first():
+    model = RecordingModel()
+    workers = EmbeddingWorkers(model, 1)
+    first = workers.submit(["x-0"], batch_size=2)
+    model.wait_started()
+    short = workers.submit(texts("s", 2), batch_size=2)
+    long = workers.submit(texts("l", 2, pad=50), batch_size=2)
+    model.hold.set()
+    first.result(10)
+    assert numbers(long.result(10)) == [0, 1]
+    assert numbers(short.result(10)) == [0, 1]
+    assert model.batches[1] == texts("l", 2, pad=50)
+    assert model.batches[2] == texts("s", 2)
+
+
+def test_a_text_that_waited_too_long_leads_the_next_batch():
+    model = RecordingModel()
+    workers = EmbeddingWorkers(model, 1, max_wait=0.05)
+    first = workers.submit(["x-0"], batch_size=2)
+    model.wait_started()
+    short = workers.submit(texts("s", 1), batch_size=2)
+    time.sleep(0.1)  # the short text has now waited longer than max_wait
+    long = workers.submit(texts("l", 2, pad=50), batch_size=2)
+    model.hold.set()
+    first.result(10)
+    short.result(10)
+    long.result(10)
+    # Built around the oldest text: it and the one nearest to it in length.
+    assert model.batches[1] == [texts("l", 2, pad=50)[1], "s-0"]
+
+
+def test_a_model_failure_reaches_only_the_callers_of_that_batch():
+    model = RecordingModel()
+    model.fail_on = texts("bad", 1, pad=9)[0]
+    workers = EmbeddingWorkers(model, 1)
+    first = workers.submit(texts("a", 1), batch_size=2)
+    model.wait_started()
+    bad = workers.submit(texts("bad", 2, pad=9), batch_size=2)
+    good = workers.submit(texts("c", 2), batch_size=2)
+    model.hold.set()
+    assert numbers(first.result(10)) == [0]
+    with pytest.raises(RuntimeError, match="model failure"):
+        bad.result(10)
+    assert numbers(good.result(10)) == [0, 1]
+
+
+def test_texts_of_a_cancelled_caller_are_dropped():
+    model = RecordingModel()
+    workers = EmbeddingWorkers(model, 1)
+    first = workers.submit(texts("a", 1), batch_size=8)
+    model.wait_started()
+    gone = workers.submit(texts("gone", 2), batch_size=8)
+    kept = workers.submit(texts("kept", 2), batch_size=8)
+    assert gone.cancel()
+    model.hold.set()
+    first.result(10)
+    assert numbers(kept.result(10)) == [0, 1]
+    assert not any(t.startswith("gone") for batch in model.batches for t in batch)
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(ValueError):
+        EmbeddingWorkers(RecordingModel(), 0)
+    with pytest.raises(ValueError):
+        EmbeddingWorkers(RecordingModel(), 1).submit(["a-0"], batch_size=0)
