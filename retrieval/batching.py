@@ -14,7 +14,10 @@ Why not one call at a time, each spread over the CPUs (the obvious design)? Meas
   together (the longest waiting first), so short chunks share batches.
 
 A text never waits long behind longer ones: once the oldest waiting text has waited
-`max_wait` seconds, the next batch is built around it.
+`max_wait` seconds, the next batch is built around it. A pass of 32 chunks takes seconds, so
+while documents keep coming this makes batches oldest text first (documents complete in about
+the order they came, rather than in bursts once only short texts are left), each with the
+texts nearest to it in length.
 
 Never logs texts.
 """
@@ -30,7 +33,9 @@ import numpy as np
 
 # forward(texts) → an (n, d) float32 array, one row per text, in order.
 Forward = Callable[[list[str]], np.ndarray]
-DEFAULT_MAX_WAIT = 1.0
+# 1.0 and 0.25 s measured the same within this machine's noise (83-95% of the bare model for
+# pages, 4 or 8 in flight); the shorter wait bounds how long a document's last chunk waits.
+DEFAULT_MAX_WAIT = 0.25
 
 
 class _Request:
