@@ -115,13 +115,16 @@ class EmbeddingWorkers:
             batch = self._take()
             try:
                 vectors = self.forward([text.text for text in batch])
+                finished = self._fill(batch, vectors)
             except BaseException as error:  # noqa: BLE001 — the batch's callers get it
-                with self._changed:
-                    self._busy -= 1
                 for request in {id(t.request): t.request for t in batch}.values():
                     _settle(request.future, error=error)
                 continue
-            self._deliver(batch, vectors)
+            finally:
+                with self._changed:
+                    self._busy -= 1
+            for request in finished:
+                _settle(request.future, result=request.vectors)
 
     def _take(self) -> list[_Text]:
         """The next batch: up to the batch size, no more than an equal share of what is
@@ -150,10 +153,12 @@ class EmbeddingWorkers:
             self._waiting = [t for t in waiting if id(t) not in taken]
             return batch
 
-    def _deliver(self, batch: list[_Text], vectors: np.ndarray) -> None:
+    def _fill(self, batch: list[_Text], vectors: np.ndarray) -> list[_Request]:
+        """Puts the batch's vectors in their callers' arrays; the callers now complete."""
+        if vectors.shape[0] != len(batch):
+            raise ValueError(f"the model gave {vectors.shape[0]} vectors for {len(batch)} texts")
         finished: list[_Request] = []
         with self._changed:
-            self._busy -= 1
             for text, vector in zip(batch, vectors, strict=True):
                 request = text.request
                 if request.future.done():
@@ -164,8 +169,7 @@ class EmbeddingWorkers:
                 request.remaining -= 1
                 if request.remaining == 0:
                     finished.append(request)
-        for request in finished:
-            _settle(request.future, result=request.vectors)
+        return finished
 
 
 def _settle(

@@ -133,3 +133,17 @@ def test_bad_arguments_are_refused():
         EmbeddingWorkers(RecordingModel(), 0)
     with pytest.raises(ValueError):
         EmbeddingWorkers(RecordingModel(), 1).submit(["a-0"], batch_size=0)
+
+
+def test_a_wrong_number_of_vectors_fails_its_callers_and_the_worker_keeps_serving():
+    calls: list[int] = []
+
+    def forward(texts: list[str]) -> np.ndarray:
+        calls.append(len(texts))
+        rows = len(texts) - 1 if len(calls) == 1 else len(texts)
+        return np.ones((rows, 2), dtype=np.float32)
+
+    workers = EmbeddingWorkers(forward, 1)
+    with pytest.raises(ValueError, match="1 vectors for 2 texts"):
+        workers.submit(texts("a", 2), batch_size=8).result(10)
+    assert workers.submit(texts("b", 3), batch_size=8).result(10).shape == (3, 2)
