@@ -10,14 +10,13 @@ Why not one call at a time, each spread over the CPUs (the obvious design)? Meas
   meanwhile (about 6% of the model's time with 4 page-sized documents in flight). Here a free
   worker takes the next waiting texts at once, whoever submitted them.
 - The model pads every text of a batch to the longest one. A page's last chunk is short; in a
-  batch of full chunks it costs as much as a full one. Workers take texts of similar length
-  together (the longest waiting first), so short chunks share batches.
+  batch of full chunks it costs as much as a full one. So a batch is the oldest waiting text
+  and the texts nearest to it in length among the next oldest (two batches' worth): full
+  chunks go together, and a page's short last chunk waits until it is the oldest, then goes
+  with other short ones.
 
-A text never waits long behind longer ones: once the oldest waiting text has waited
-`max_wait` seconds, the next batch is built around it. A pass of 32 chunks takes seconds, so
-while documents keep coming this makes batches oldest text first (documents complete in about
-the order they came, rather than in bursts once only short texts are left), each with the
-texts nearest to it in length.
+Texts are served about in the order they came, so a document's first steps complete first
+(its progress moves) and documents complete in about the order they arrived.
 
 Never logs texts.
 """
@@ -25,7 +24,6 @@ Never logs texts.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, InvalidStateError
 
@@ -33,9 +31,8 @@ import numpy as np
 
 # forward(texts) → an (n, d) float32 array, one row per text, in order.
 Forward = Callable[[list[str]], np.ndarray]
-# 1.0 and 0.25 s measured the same within this machine's noise (83-95% of the bare model for
-# pages, 4 or 8 in flight); the shorter wait bounds how long a document's last chunk waits.
-DEFAULT_MAX_WAIT = 0.25
+# A batch is chosen among the oldest WINDOW batches' worth of waiting texts.
+WINDOW = 2
 
 
 class _Request:
@@ -50,14 +47,13 @@ class _Request:
 
 
 class _Text:
-    __slots__ = ("index", "request", "size", "text", "waiting_since")
+    __slots__ = ("index", "request", "size", "text")
 
-    def __init__(self, request: _Request, index: int, text: str, now: float) -> None:
+    def __init__(self, request: _Request, index: int, text: str) -> None:
         self.request = request
         self.index = index
         self.text = text
         self.size = len(text)
-        self.waiting_since = now
 
 
 class EmbeddingWorkers:
@@ -68,7 +64,6 @@ class EmbeddingWorkers:
         forward: Forward,
         workers: int,
         *,
-        max_wait: float = DEFAULT_MAX_WAIT,
         setup: Callable[[], None] | None = None,
         name: str = "embedding",
     ) -> None:
@@ -76,7 +71,6 @@ class EmbeddingWorkers:
             raise ValueError("workers must be positive")
         self.forward = forward
         self.workers = workers
-        self.max_wait = max_wait
         self._setup = setup
         self._name = name
         self._waiting: list[_Text] = []
@@ -93,10 +87,9 @@ class EmbeddingWorkers:
         if not texts:
             request.future.set_result(np.zeros((0, 0), dtype=np.float32))
             return request.future
-        now = time.monotonic()
         with self._changed:
             self._start()
-            self._waiting.extend(_Text(request, i, text, now) for i, text in enumerate(texts))
+            self._waiting.extend(_Text(request, i, text) for i, text in enumerate(texts))
             self._changed.notify(min(len(texts), self.workers))
         return request.future
 
@@ -127,28 +120,24 @@ class EmbeddingWorkers:
                 _settle(request.future, result=request.vectors)
 
     def _take(self) -> list[_Text]:
-        """The next batch: up to the batch size, no more than an equal share of what is
-        waiting per idle worker (a lone page still runs on every worker), of similar
-        lengths."""
+        """The next batch: the oldest waiting text and the texts nearest to it in length
+        among the next oldest; up to the batch size, and no more than an equal share of
+        what is waiting per idle worker (a lone page still runs on every worker)."""
         with self._changed:
             while True:
                 self._waiting = [t for t in self._waiting if not t.request.future.done()]
                 if self._waiting:
                     break
                 self._changed.wait()
-            share = -(-len(self._waiting) // (self.workers - self._busy))
-            self._busy += 1
             waiting = self._waiting
-            oldest = waiting[0]
-            if time.monotonic() - oldest.waiting_since >= self.max_wait:
-                seed = oldest
-            else:
-                seed = max(waiting, key=lambda t: t.size)
+            share = -(-len(waiting) // (self.workers - self._busy))
+            self._busy += 1
+            seed = waiting[0]
             size = min(seed.request.batch_size, share)
-            by_length = sorted(waiting, key=lambda t: t.size, reverse=True)
-            at = next(i for i, t in enumerate(by_length) if t is seed)
-            start = max(0, min(at, len(by_length) - size))
-            batch = by_length[start : start + size]
+            window = sorted(waiting[: size * WINDOW], key=lambda t: t.size, reverse=True)
+            at = next(i for i, t in enumerate(window) if t is seed)
+            start = max(0, min(at, len(window) - size))
+            batch = window[start : start + size]
             taken = {id(t) for t in batch}
             self._waiting = [t for t in waiting if id(t) not in taken]
             return batch

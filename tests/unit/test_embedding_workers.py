@@ -4,7 +4,6 @@ caller gets its own vectors, in order."""
 from __future__ import annotations
 
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -68,35 +67,37 @@ def test_one_caller_alone_is_spread_over_every_worker():
     assert sorted(len(b) for b in model.batches) == [3, 3]
 
 
-def test_texts_of_similar_length_go_together_longest_first():
+def test_a_batch_is_the_oldest_text_and_those_nearest_to_it_in_length():
     model = RecordingModel()
     workers = EmbeddingWorkers(model, 1)
     first = workers.submit(["x-0"], batch_size=2)
     model.wait_started()
-    short = workers.submit(texts("s", 2), batch_size=2)
-    long = workers.submit(texts("l", 2, pad=50), batch_size=2)
+    short_and_long = [
+        workers.submit(batch, batch_size=2)
+        for batch in (["s-0"], texts("l", 1, pad=50), ["s-1"], [texts("l", 2, pad=50)[1]])
+    ]
     model.hold.set()
     first.result(10)
-    assert numbers(long.result(10)) == [0, 1]
-    assert numbers(short.result(10)) == [0, 1]
-    assert model.batches[1] == texts("l", 2, pad=50)
-    assert model.batches[2] == texts("s", 2)
+    for future in short_and_long:
+        future.result(10)
+    assert model.batches[1] == ["s-0", "s-1"]
+    assert model.batches[2] == texts("l", 2, pad=50)
 
 
-def test_a_text_that_waited_too_long_leads_the_next_batch():
+def test_longer_texts_submitted_later_do_not_jump_ahead():
     model = RecordingModel()
-    workers = EmbeddingWorkers(model, 1, max_wait=0.05)
+    workers = EmbeddingWorkers(model, 1)
     first = workers.submit(["x-0"], batch_size=2)
     model.wait_started()
-    short = workers.submit(texts("s", 1), batch_size=2)
-    time.sleep(0.1)  # the short text has now waited longer than max_wait
-    long = workers.submit(texts("l", 2, pad=50), batch_size=2)
+    in_order = [
+        workers.submit(batch, batch_size=2)
+        for batch in (texts("a", 2), texts("b", 2), texts("c", 2, pad=50))
+    ]
     model.hold.set()
     first.result(10)
-    short.result(10)
-    long.result(10)
-    # Built around the oldest text: it and the one nearest to it in length.
-    assert model.batches[1] == [texts("l", 2, pad=50)[1], "s-0"]
+    for future in in_order:
+        assert numbers(future.result(10)) == [0, 1]
+    assert model.batches[1:] == [texts("a", 2), texts("b", 2), texts("c", 2, pad=50)]
 
 
 def test_a_model_failure_reaches_only_the_callers_of_that_batch():
