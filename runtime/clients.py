@@ -12,10 +12,11 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import grpc
-from opentelemetry.instrumentation.grpc import aio_client_interceptors, filters
+from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
 from runtime import context as call_context
 from runtime.health import Dependency
+from runtime.telemetry import traced
 
 DEFAULT_TIMEOUT = 30.0
 CHANNEL_OPTIONS: Sequence[tuple[str, Any]] = (
@@ -71,7 +72,7 @@ def open_channel(address: str) -> grpc.aio.Channel:
         address,
         options=CHANNEL_OPTIONS,
         interceptors=[
-            *aio_client_interceptors(filter_=filters.negate(filters.health_check())),
+            *aio_client_interceptors(filter_=traced),
             DeadlinePropagation(),
         ],
     )

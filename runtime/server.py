@@ -17,22 +17,18 @@ import grpc
 from google.protobuf import descriptor_pool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
+from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
 from runtime.config import ServiceName, Settings, load_settings
 from runtime.health import Dependency, Readiness
 from runtime.interceptors import RpcInterceptor
 from runtime.logs import configure_logging
 from runtime.protos import SERVICE_NAMES
-from runtime.telemetry import configure_sentry, configure_tracing
+from runtime.telemetry import configure_sentry, configure_tracing, traced
 
 log = logging.getLogger(__name__)
 
 MB = 1024 * 1024
-# Health probes and reflection are not traced: they are noise.
-UNTRACED = filters.negate(
-    filters.any_of(filters.health_check(), filters.service_prefix("grpc.reflection"))
-)
 
 
 class ReflectionPool:
@@ -108,7 +104,7 @@ class Server:
         self.settings = app.settings
         self.port = 0
         self.server = grpc.aio.server(
-            interceptors=[aio_server_interceptor(filter_=UNTRACED), RpcInterceptor()],
+            interceptors=[aio_server_interceptor(filter_=traced), RpcInterceptor()],
             options=server_options(app.max_receive_bytes),
         )
 

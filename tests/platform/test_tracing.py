@@ -1,12 +1,16 @@
-"""Tracing: a call that crosses services yields server and client spans under one trace."""
+"""Tracing: a call that crosses services yields server and client spans under one trace;
+health probes and reflection are not traced."""
 
 from __future__ import annotations
 
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from contextcache.v1 import projects_pb2
+from contextcache.v1 import crypto_pb2, crypto_pb2_grpc, projects_pb2
+from runtime.clients import open_channel
 from runtime.telemetry import tracer_provider
 from tests.conftest import PASSPHRASE
 
@@ -36,3 +40,25 @@ async def test_a_call_across_services_is_one_trace(stack):
     assert client.kind == SpanKind.CLIENT and client.parent.span_id == root.context.span_id
     for span in in_trace:  # no secrets or content in spans
         assert PASSPHRASE not in str(span.attributes)
+
+
+async def test_health_probes_and_reflection_are_not_traced_other_calls_are(stack):
+    exporter = InMemorySpanExporter()
+    tracer_provider("tests", SimpleSpanProcessor(exporter))
+    channel = open_channel(f"127.0.0.1:{stack.ports['crypto']}")  # traced as services' are
+    try:
+        await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+        reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+        async for _ in reflection.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+        ):
+            pass
+        assert exporter.get_finished_spans() == ()
+        await crypto_pb2_grpc.CryptoServiceStub(channel).GenerateSalt(
+            crypto_pb2.GenerateSaltRequest()
+        )
+    finally:
+        await channel.close()
+    spans = {(s.kind, s.name) for s in exporter.get_finished_spans()}
+    method = "/contextcache.v1.CryptoService/GenerateSalt"
+    assert spans == {(SpanKind.CLIENT, method), (SpanKind.SERVER, method)}
