@@ -296,7 +296,10 @@ class IngestionPipeline:
         embedded are reused."""
         total = len(texts)
         vectors = np.zeros((total, self.embedder.dimension), dtype=np.float32)
-        known = await self.store.start_embedding(document, hashes, total)
+        # A document of one step goes from none embedded to completed (which records every
+        # chunk as embedded): no progress is written for it, here or below.
+        stepped = len(set(hashes)) > EMBED_STEP
+        known = await self.store.start_embedding(document, hashes, total, record=stepped)
         todo: dict[str, list[int]] = {}
         for i, h in enumerate(hashes):
             if h in known:
@@ -317,8 +320,6 @@ class IngestionPipeline:
                 for (_, positions), vector in zip(step, embedded, strict=True):
                     vectors[positions] = vector
                     done += len(positions)
-                # A document embedded in one step goes from none to completed (which records
-                # every chunk as embedded) without an intermediate write.
                 if len(steps) > 1:
                     await self.store.progress(document.id, done, total)
         finally:

@@ -112,12 +112,15 @@ class ProjectCounts:
 class DocumentStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        # Single-statement reads run in autocommit: no BEGIN and COMMIT (or ROLLBACK) around
+        # them, about 0.25 ms of this process's CPU each, and the database's too.
+        self.reads = engine.execution_options(isolation_level="AUTOCOMMIT")
         self.sessions = async_sessionmaker(engine, expire_on_commit=False)
 
     # -- documents ---------------------------------------------------------------------
 
     async def is_purged(self, project_id: str) -> bool:
-        async with self.engine.connect() as connection:
+        async with self.reads.connect() as connection:
             found = await connection.scalar(_IS_PURGED, {"p_project": project_id})
         return found is not None
 
@@ -160,7 +163,7 @@ class DocumentStore:
         return row
 
     async def find(self, document_id: str) -> DocumentRow | None:
-        async with self.engine.connect() as connection:
+        async with self.reads.connect() as connection:
             return _document((await connection.execute(_FIND, {"p_id": document_id})).first())
 
     async def page(
@@ -182,7 +185,7 @@ class DocumentStore:
         return rows[:size], len(rows) > size
 
     async def upload(self, document_id: str) -> bytes | None:
-        async with self.engine.connect() as connection:
+        async with self.reads.connect() as connection:
             return await connection.scalar(
                 select(UploadRow.payload_ct).where(UploadRow.document_id == document_id)
             )
@@ -239,20 +242,22 @@ class DocumentStore:
             await connection.execute(_PROGRESS, _progress(document_id, embedded, total))
 
     async def start_embedding(
-        self, document: DocumentRow, hashes: Sequence[str], total: int
+        self, document: DocumentRow, hashes: Sequence[str], total: int, *, record: bool = True
     ) -> dict[str, bytes]:
-        """Embeddings the project already has for these chunk texts (no re-embedding), and
-        the document's progress set to them out of `total`, in one transaction."""
+        """Embeddings the project already has for these chunk texts (no re-embedding), and,
+        if `record`, the document's progress set to them out of `total`, in one transaction
+        (without: one read, for a document whose progress goes straight to completed)."""
         found: dict[str, bytes] = {}
         unique = list(dict.fromkeys(hashes))
         project = document.project_id
-        async with self.engine.begin() as connection:
+        async with self.engine.begin() if record else self.reads.connect() as connection:
             for start in range(0, len(unique), 500):
                 batch = unique[start : start + 500]
                 rows = await connection.execute(_KNOWN, {"p_project": project, "p_hashes": batch})
                 found.update({h: e for h, e in rows.all()})
-            embedded = sum(1 for h in hashes if h in found)
-            await connection.execute(_PROGRESS, _progress(document.id, embedded, total))
+            if record:
+                embedded = sum(1 for h in hashes if h in found)
+                await connection.execute(_PROGRESS, _progress(document.id, embedded, total))
         return found
 
     async def store_chunks(
