@@ -19,6 +19,7 @@ text.
 from __future__ import annotations
 
 import bisect
+import operator
 import re
 import unicodedata
 from collections.abc import Callable, Sequence
@@ -173,8 +174,9 @@ class Chunker:
                 [text[s:e] if e - s <= max_chars else "" for s, e in zip(starts, ends, strict=True)]
             )
         units = _Units(starts, ends, counts, breaks)
-        if any(c > self._budget for c in counts) or any(
-            e - s > max_chars for s, e in zip(starts, ends, strict=True)
+        # max over map: the checks run in C (one Python-level step per word otherwise).
+        if max(counts, default=0) > self._budget or (
+            max(map(operator.sub, ends, starts), default=0) > max_chars
         ):
             units = self._split_long_units(text, units)
         return units
