@@ -128,16 +128,21 @@ def remote_error(error: grpc.aio.AioRpcError, service: str) -> Exception:
     their code, message and details; an unreachable service becomes UNAVAILABLE; anything
     else stays unexpected (INTERNAL with a reference id).
     """
-    from runtime.errors import ServiceError, Unavailable
+    from runtime import errors
 
     code = error.code()
     if code in _PASSED_THROUGH:
-        passed = ServiceError(error.details() or code.name)
+        # The same error type as the callee raised, so callers can match it by type.
+        kind = next(
+            (k for k in errors.ServiceError.__subclasses__() if k.code == code),
+            errors.ServiceError,
+        )
+        passed = kind(error.details() or code.name)
         passed.code = code
         passed.remote_status = _status_details(error)
         return passed
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-        return Unavailable(f"The {service} service is unavailable. Try again shortly")
+        return errors.Unavailable(f"The {service} service is unavailable. Try again shortly")
     return RuntimeError(f"{service} call failed with {code.name}")
 
 

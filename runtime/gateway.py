@@ -53,7 +53,9 @@ CLUSTERS = {
 
 def _is_read(service: str, method: str) -> bool:
     """Idempotent calls the gateway may retry on UNAVAILABLE."""
-    return method.startswith(("Get", "List")) or (service.endswith("QueryService") and method == "Query")
+    return method.startswith(("Get", "List")) or (
+        service.endswith("QueryService") and method == "Query"
+    )
 
 
 def public_method_regexes(methods: tuple[str, ...] = PUBLIC_METHODS) -> dict[str, str]:
