@@ -21,7 +21,7 @@ from pathlib import Path
 
 from runtime.config import REPO_ROOT, Settings, load_settings
 from runtime.protos import PUBLIC_METHODS
-from runtime.tls import workload_identity
+from runtime.tls import CA_FILE, CERT_FILE, KEY_FILE, ensure_dev_pki
 from services.ratelimit.rules import load_rules
 
 TEMPLATE = REPO_ROOT / "envoy" / "envoy.yaml"
@@ -72,12 +72,11 @@ def public_method_regexes(methods: tuple[str, ...] = PUBLIC_METHODS) -> dict[str
 
 
 def substitutions(settings: Settings) -> dict[str, str]:
-    identity = workload_identity(settings, "envoy")
-    paths = identity.paths(settings.tls_root)
+    envoy_tls = settings.tls_root / "envoy"
     values = {
-        "TLS_CERT": str(paths["cert"]),
-        "TLS_KEY": str(paths["key"]),
-        "TLS_CA": str(paths["ca"]),
+        "TLS_CERT": str(envoy_tls / CERT_FILE),
+        "TLS_KEY": str(envoy_tls / KEY_FILE),
+        "TLS_CA": str(envoy_tls / CA_FILE),
         **public_method_regexes(),
         "LISTEN_HOST": settings.gateway_host,
         "LISTEN_PORT": str(settings.gateway_port),
@@ -106,6 +105,8 @@ def render(settings: Settings, path: Path | None = None) -> Path:
     """Writes the rendered configuration (default: DATA_DIR/envoy.yaml); returns its path."""
     path = path or settings.data_dir / "envoy.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
+    if settings.environment != "production":
+        ensure_dev_pki(settings.tls_root)  # Envoy's certificate, from the development CA
     path.write_text(render_text(settings), encoding="utf-8")
     return path
 
