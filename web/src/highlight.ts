@@ -6,8 +6,9 @@ import { h } from "./dom.js";
 
 const STOP_WORDS = new Set(
   (
-    "a an and are as at be by did do does for from has have how i in is it its of on or " +
-    "that the their them they this to was were what when where which who whom why will with"
+    "a all an and any are as at be by can did do does each for from has have how i in is it " +
+    "its many may much must of on or shall should some that the their them they this to was " +
+    "were what when where which who whom why will with would"
   ).split(" "),
 );
 

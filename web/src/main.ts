@@ -40,10 +40,10 @@ async function start(root: HTMLElement): Promise<void> {
   let page: ProjectPage | undefined;
   const open = (project: Project) => {
     page?.dispose();
-    page = new ProjectPage(api, tokens, project);
+    page = new ProjectPage(api, tokens, project, (count) => projects.setDocumentCount(project.id, count));
     replace(workspace, page.element);
   };
-  const projects = new ProjectList(api, tokens, open, showError);
+  const projects: ProjectList = new ProjectList(api, tokens, open, showError);
   root.append(h("div", { class: "layout" }, projects.element, workspace));
   await projects.refresh();
 }

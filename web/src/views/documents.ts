@@ -79,6 +79,7 @@ class DocumentRow {
       source && h("span", { class: "source" }, source),
       document.textBytes > 0n && h("span", {}, bytes(document.textBytes)),
       h("span", {}, `added ${when(document.createdAt)}`),
+      document.attempts > 1 && h("span", { "data-testid": "attempts" }, `${document.attempts} attempts`),
     );
     this.status.textContent = status;
     this.status.className = `status status-${status}`;
@@ -180,7 +181,7 @@ export class DocumentsView {
     });
     const urlForm = h(
       "form",
-      { class: "inline-form", "data-testid": "url-form" },
+      { class: "inline-form url-form", "data-testid": "url-form" },
       url,
       h("button", { type: "submit" }, "Add URL"),
     );

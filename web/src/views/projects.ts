@@ -84,6 +84,15 @@ export class ProjectList {
     }
   }
 
+  /** Keeps a project's document count current as its page learns it (no extra call). */
+  setDocumentCount(projectId: string, count: bigint): void {
+    const project = this.projects.find((p) => p.id === projectId);
+    if (project && project.documentCount !== count) {
+      project.documentCount = count;
+      this.render();
+    }
+  }
+
   select(project: Project): void {
     this.selectedId = project.id;
     this.render();
@@ -144,12 +153,14 @@ export class ProjectPage {
   private tab: Tab = "documents";
   private documents?: DocumentsView;
   private expiryTimer?: number;
+  private statsTimer?: number;
   private readonly unsubscribe: () => void;
 
   constructor(
     private readonly api: Api,
     private readonly tokens: Tokens,
     private readonly project: Project,
+    private readonly onDocumentCount: (count: bigint) => void,
   ) {
     this.element = h(
       "section",
@@ -175,12 +186,22 @@ export class ProjectPage {
     this.unsubscribe();
     this.documents?.dispose();
     window.clearTimeout(this.expiryTimer);
+    window.clearTimeout(this.statsTimer);
+  }
+
+  /** One GetProjectStats for a burst of documents settling (the gateway limits calls). */
+  private statsSoon(): void {
+    window.clearTimeout(this.statsTimer);
+    this.statsTimer = window.setTimeout(() => void this.refreshStats(), 500);
   }
 
   async refreshStats(): Promise<void> {
     try {
       const { stats } = await this.api.projects.getProjectStats({ projectId: this.project.id });
       if (!stats) return;
+      this.onDocumentCount(
+        stats.documentsQueued + stats.documentsProcessing + stats.documentsCompleted + stats.documentsFailed,
+      );
       const item = (label: string, value: string, testid: string) =>
         h("div", { "data-testid": testid }, h("dt", {}, label), h("dd", {}, value));
       replace(
@@ -247,7 +268,7 @@ export class ProjectPage {
         h("p", { class: "panel muted" }, `Unlock the project to see its ${this.tab === "search" ? "search" : "documents"}.`),
       );
     } else if (this.tab === "documents") {
-      this.documents = new DocumentsView(this.api, this.tokens, this.project.id, () => void this.refreshStats());
+      this.documents = new DocumentsView(this.api, this.tokens, this.project.id, () => this.statsSoon());
       replace(this.content, this.documents.element);
     } else {
       replace(this.content, new SearchView(this.api, this.tokens, this.project.id).element);
