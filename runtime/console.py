@@ -61,8 +61,8 @@ def content_security_policy(gateway: str) -> str:
 
 
 class ConsoleRequestHandler(SimpleHTTPRequestHandler):
-    server_version = "contextcache-console"
-    sys_version = ""
+    def version_string(self) -> str:
+        return "contextcache-console"  # not the Python version
 
     def __init__(self, *args: object, settings: Settings, **kwargs: object) -> None:
         self.settings = settings
