@@ -37,8 +37,11 @@ $(VENV)/.installed: requirements.txt
 	printf '%s\n%s\n' "$(CURDIR)" "$(CURDIR)/$(GEN)" > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/contextcache.pth"
 	touch $@
 
+# INSTALL_CONSOLE=no skips the console (the Dockerfile builds it in a Node stage).
+INSTALL_CONSOLE ?= yes
+
 .PHONY: install
-install: $(VENV)/.installed protos console ## Create the virtualenv with pinned dependencies, generate the protos, build the web console
+install: $(VENV)/.installed protos $(if $(filter yes,$(INSTALL_CONSOLE)),console) ## Create the virtualenv with pinned dependencies, generate the protos, build the web console
 
 $(VALIDATE_DESC): $(VENV)/.installed tools/protovalidate_descriptor.py
 	$(PY) tools/protovalidate_descriptor.py $@
