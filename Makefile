@@ -11,7 +11,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 BUF := $(VENV)/bin/buf
 GEN := gen
-PROTO_FILES := $(wildcard protos/contextcache/v1/*.proto)
+PROTO_FILES := $(wildcard protos/contextcache/v1/*.proto) $(wildcard protos/contextcache/internal/v1/*.proto)
 # Our wire-compatible subset of Envoy's rate limit service API (services/ratelimit).
 RLS_PROTO_FILES := $(wildcard protos/envoy_rls/*.proto)
 VALIDATE_DESC := build/protovalidate.binpb

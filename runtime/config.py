@@ -46,6 +46,13 @@ class Settings(BaseSettings):
     # Where this process listens; PORT overrides the service's default port.
     listen_host: str = "127.0.0.1"
     port: int | None = Field(default=None, ge=1, le=65535)
+    # A plaintext listener serving only the gRPC health service, for Kubernetes' gRPC probes
+    # (which cannot present a client certificate). Unset: no such listener.
+    health_port: int | None = Field(default=None, ge=1, le=65535)
+    # Workload certificates: <TLS_DIR>/<identity>/{tls.crt,tls.key,ca.crt} (cert-manager's
+    # Secret layout). Unset: DATA_DIR/tls, where a development CA is created outside
+    # production. Every service port speaks mutual TLS.
+    tls_dir: Path | None = None
 
     # Storage. Without DATABASE_URL each service uses its own SQLite file under DATA_DIR.
     data_dir: Path = REPO_ROOT / "var"
@@ -92,8 +99,10 @@ class Settings(BaseSettings):
     sentry_traces_sample_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     otel_exporter_otlp_endpoint: str | None = None
 
-    # Crypto: the key that seals unlock tokens (base64 of 32 bytes). Required in production.
+    # Crypto only: the key that seals and signs tokens (base64 of 32 bytes; required in
+    # production), and keys rotated out whose tokens stay valid (comma-separated).
     token_sealing_key: str | None = Field(default=None, repr=False)
+    token_sealing_key_previous: str | None = Field(default=None, repr=False)
 
     # Ingest: allow fetching URLs on private/loopback addresses (tests and local demos only).
     url_fetch_allow_private: bool = False
@@ -146,6 +155,10 @@ class Settings(BaseSettings):
     @property
     def hybrid_weights(self) -> tuple[float, float]:
         return (self.hybrid_dense_weight, self.hybrid_keyword_weight)
+
+    @property
+    def tls_root(self) -> Path:
+        return self.tls_dir or self.data_dir / "tls"
 
     @property
     def index_path(self) -> Path:

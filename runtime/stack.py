@@ -25,6 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from runtime import console
 from runtime.config import REPO_ROOT, ServiceName, Settings, load_settings
 from runtime.gateway import envoy_command, render
+from runtime.tls import Identity, workload_identity
 
 STOP_GRACE = 15.0
 
@@ -65,8 +66,10 @@ def children(settings: Settings) -> list[Child]:
     return services
 
 
-def ready(port: int, timeout: float = 1.0) -> bool:
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+def ready(port: int, identity: Identity, timeout: float = 1.0) -> bool:
+    """Whether the service on `port` answers its liveness check (over mutual TLS, as the
+    operator)."""
+    with grpc.secure_channel(f"127.0.0.1:{port}", identity.channel_credentials()) as channel:
         try:
             response = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service="liveness"), timeout=timeout
@@ -88,6 +91,9 @@ class Stack:
 
     def start(self, timeout: float = 120.0) -> None:
         Path(self.settings.data_dir).mkdir(parents=True, exist_ok=True)
+        # Outside production this creates the development CA and every workload's
+        # certificate before any child starts (each child would otherwise make them itself).
+        self.operator = workload_identity(self.settings, "operator")
         for child in self.children:
             env = dict(self.env)
             env.pop("PORT", None)
@@ -142,8 +148,8 @@ class Stack:
 
     def _wait_ready(self, child: Child, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        probe = console.serving if child.http else ready
-        while not probe(child.port):  # type: ignore[arg-type]
+        port: int = child.port  # type: ignore[assignment]
+        while not (console.serving(port) if child.http else ready(port, self.operator)):
             if child.process is None or child.process.poll() is not None:
                 raise RuntimeError(f"{child.name} exited during start-up")
             if time.monotonic() > deadline:
@@ -197,7 +203,9 @@ def main() -> int:
         print(
             f"\nContextCache is running: gRPC and gRPC-Web on {gateway} (Envoy; admin "
             f"127.0.0.1:{settings.gateway_admin_port}).\n"
-            f"Try: .venv/bin/grpcurl -plaintext {gateway} list    — Ctrl-C stops everything.\n",
+            f"Try: .venv/bin/grpcurl -plaintext {gateway} list    — Ctrl-C stops everything.\n"
+            f"Service ports speak mutual TLS; certificates (development CA) are in "
+            f"{settings.tls_root}/<workload>/.\n",
             flush=True,
         )
         if console.is_built(settings):

@@ -24,7 +24,7 @@ async def status_of(stub: health_pb2_grpc.HealthStub, name: str) -> int:
 async def test_every_service_name_is_serving(make_settings):
     for app_class in (ProjectsApp, IngestApp, QueryApp):
         app = app_class(make_settings())
-        async with running(app) as server, channel_to(server.port) as channel:
+        async with running(app) as server, channel_to(server.port, server.settings) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             for name in ("", "liveness", *app.service_names):
                 assert await status_of(stub, name) == SERVING, (app_class.__name__, name)
@@ -41,7 +41,7 @@ async def test_readiness_follows_the_database_and_recovers(make_settings, postgr
     url = postgres_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
     app = ProjectsApp(make_settings(database_url=url))
     try:
-        async with running(app) as server, channel_to(server.port) as channel:
+        async with running(app) as server, channel_to(server.port, server.settings) as channel:
             health = health_pb2_grpc.HealthStub(channel)
             projects = projects_pb2_grpc.ProjectServiceStub(channel)
             assert await status_of(health, PROJECT_SERVICE) == SERVING
@@ -76,7 +76,7 @@ async def test_watch_streams_status_changes(make_settings, postgres_url):
     url = postgres_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
     try:
         async with running(ProjectsApp(make_settings(database_url=url))) as server:
-            async with channel_to(server.port) as channel:
+            async with channel_to(server.port, server.settings) as channel:
                 stub = health_pb2_grpc.HealthStub(channel)
                 watch = stub.Watch(health_pb2.HealthCheckRequest(service=PROJECT_SERVICE))
                 first = await watch.read()
