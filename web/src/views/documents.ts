@@ -2,7 +2,7 @@
 // and one row per document whose progress bar follows the WatchDocument stream.
 
 import type { MessageInitShape } from "@bufbuild/protobuf";
-import { Code } from "@connectrpc/connect";
+import { Code, ConnectError } from "@connectrpc/connect";
 
 import { describeError, isCode, type Api, type Tokens } from "../api.js";
 import { h, replace } from "../dom.js";
@@ -19,6 +19,19 @@ const ACCEPTED = ".pdf,.txt,application/pdf,text/plain";
 // A browser keeps about 6 HTTP/1.1 connections per host and every watch holds one open:
 // more watches at once would starve the console's other calls to the gateway.
 const MAX_WATCHES = 4;
+// Stream failures worth opening the stream again for (Unknown: the network).
+const RETRYABLE = new Set([Code.Unavailable, Code.DeadlineExceeded, Code.ResourceExhausted, Code.Unknown]);
+const MAX_WATCH_RETRIES = 5;
+
+function pause(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, ms);
+    signal.addEventListener("abort", () => {
+      clearTimeout(timer);
+      resolve();
+    }, { once: true });
+  });
+}
 
 function terminal(status: DocumentStatus): boolean {
   return status === DocumentStatus.COMPLETED || status === DocumentStatus.FAILED;
@@ -107,8 +120,12 @@ class DocumentRow {
     );
   }
 
-  watchLost(message: string): void {
-    this.error.textContent = `Progress updates stopped: ${message}`;
+  watchLost(message: string, resume: () => void): void {
+    replace(
+      this.error,
+      `Progress updates stopped: ${message} `,
+      h("button", { type: "button", class: "link", onclick: () => resume() }, "Resume"),
+    );
   }
 
   /** Two clicks, so a stray one deletes nothing. */
@@ -264,25 +281,43 @@ export class DocumentsView {
     }
   }
 
+  /**
+   * Follows a document until it is completed or failed. A dropped stream (the gateway finding
+   * the ingest service busy or restarting, an idle timeout, the network) is opened again after
+   * a growing pause; after a few failures in a row the row offers to resume instead.
+   */
   private async watch(documentId: string): Promise<void> {
     await this.watchSlot();
+    const signal = this.aborts.signal;
     try {
-      const stream = this.api.ingest.watchDocument(
-        { projectId: this.projectId, documentId },
-        this.tokens.auth(this.projectId, { signal: this.aborts.signal }),
-      );
-      for await (const { document } of stream) {
-        if (!document) continue;
-        this.rows.get(documentId)?.update(document);
-        if (terminal(document.status)) {
-          this.onSettled();
-          break;
+      for (let failures = 0; ; ) {
+        try {
+          const stream = this.api.ingest.watchDocument(
+            { projectId: this.projectId, documentId },
+            this.tokens.auth(this.projectId, { signal }),
+          );
+          for await (const { document } of stream) {
+            if (!document) continue;
+            failures = 0;
+            this.rows.get(documentId)?.update(document);
+            if (terminal(document.status)) {
+              this.onSettled();
+              return;
+            }
+          }
+          failures += 1; // the stream ended before the document did
+        } catch (error) {
+          if (signal.aborted) return;
+          if (!RETRYABLE.has(ConnectError.from(error).code) || failures >= MAX_WATCH_RETRIES) {
+            if (isCode(error, Code.Unauthenticated)) this.tokens.forget(this.projectId);
+            this.rows.get(documentId)?.watchLost(describeError(error, this.api.gatewayUrl), () => void this.watch(documentId));
+            return;
+          }
+          failures += 1;
         }
+        await pause(Math.min(500 * 2 ** failures, 8000), signal);
+        if (signal.aborted) return;
       }
-    } catch (error) {
-      if (this.aborts.signal.aborted) return;
-      if (isCode(error, Code.Unauthenticated)) this.tokens.forget(this.projectId);
-      this.rows.get(documentId)?.watchLost(describeError(error, this.api.gatewayUrl));
     } finally {
       this.watching -= 1;
       this.waitingWatches.shift()?.();
