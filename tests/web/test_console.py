@@ -24,7 +24,8 @@ from runtime import console
 from runtime.config import Settings
 from runtime.ports import free_port
 
-pytestmark = [pytest.mark.envoy, pytest.mark.slow]
+# The first test's set-up may install Chromium (apt-get) and loads the embedding model.
+pytestmark = [pytest.mark.envoy, pytest.mark.slow, pytest.mark.timeout(900)]
 
 UPLOADS = ["gettysburg-address.txt", "constitution-of-the-united-states.pdf"]
 # Records every status each document row shows, from before the files are dropped.
@@ -128,7 +129,7 @@ def test_create_unlock_upload_search_and_verify_audit(stack, page: Page, shot):
     for row in rows.all():
         expect(row).to_have_attribute("data-status", "completed", timeout=240_000)
         expect(row.locator("progress")).to_have_js_property("value", 1)
-        expect(row.locator(".progress-label")).to_contain_text("chunks")
+        expect(row.locator(".progress-label")).to_contain_text("chunk")
     seen = page.evaluate("window.statusesSeen")
     for statuses in seen.values():
         # The rows followed the WatchDocument stream: queued or processing, then completed.
@@ -199,6 +200,7 @@ def test_urls_failure_reasons_retry_and_delete(stack, page: Page, shot, web_page
     failed = rows.filter(has_text="missing.html")
     expect(failed).to_have_attribute("data-status", "failed", timeout=120_000)
     expect(failed.locator(".doc-error")).to_contain_text("404")
+    expect(page.get_by_test_id("stat-failed").locator("dd")).to_have_text("1")
     shot("failed")
 
     failed.get_by_role("button", name="Retry").click()  # the page is still missing

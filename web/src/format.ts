@@ -12,6 +12,11 @@ export function clock(date: Date): string {
   return date.toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit" });
 }
 
+/** "1 chunk", "2 chunks". */
+export function count(n: bigint | number, noun: string): string {
+  return `${n} ${noun}${BigInt(n) === 1n ? "" : "s"}`;
+}
+
 export function bytes(count: bigint | number): string {
   let value = Number(count);
   for (const unit of ["B", "KB", "MB", "GB"]) {

@@ -6,7 +6,7 @@ import { Code, ConnectError } from "@connectrpc/connect";
 
 import { describeError, isCode, type Api, type Tokens } from "../api.js";
 import { h, replace } from "../dom.js";
-import { bytes, enumLabel, when } from "../format.js";
+import { bytes, count, enumLabel, when } from "../format.js";
 import {
   DocumentStatus,
   SourceType,
@@ -100,7 +100,7 @@ class DocumentRow {
     const done = Number(document.chunksEmbedded);
     if (document.status === DocumentStatus.COMPLETED) {
       this.progress.value = 1;
-      this.progressLabel.textContent = `${document.chunkCount} chunks · ${document.factCount} facts`;
+      this.progressLabel.textContent = `${count(document.chunkCount, "chunk")} · ${count(document.factCount, "fact")}`;
     } else if (total > 0) {
       this.progress.value = done / total;
       this.progressLabel.textContent = `${done} / ${total} chunks embedded`;

@@ -5,7 +5,7 @@ import { Code } from "@connectrpc/connect";
 
 import { describeError, isCode, type Api, type Tokens } from "../api.js";
 import { h, replace } from "../dom.js";
-import { bytes, clock, when } from "../format.js";
+import { bytes, clock, count, when } from "../format.js";
 import type { Project } from "../gen/contextcache/v1/projects_pb.js";
 import { AuditView } from "./audit.js";
 import { DocumentsView } from "./documents.js";
@@ -132,7 +132,7 @@ export class ProjectList {
               "span",
               { class: "project-meta" },
               this.tokens.isUnlocked(project.id) ? "unlocked · " : "locked · ",
-              `${project.documentCount} documents`,
+              count(project.documentCount, "document"),
             ),
           ),
         ),

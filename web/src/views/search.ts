@@ -3,7 +3,7 @@
 
 import { describeError, isCode, type Api, type Tokens } from "../api.js";
 import { h, replace } from "../dom.js";
-import { enumLabel } from "../format.js";
+import { count, enumLabel } from "../format.js";
 import { SourceType } from "../gen/contextcache/v1/ingest_pb.js";
 import { RetrievalMode, type Passage, type QueryResponse } from "../gen/contextcache/v1/query_pb.js";
 import { highlight } from "../highlight.js";
@@ -91,7 +91,7 @@ export class SearchView {
     const summary = h(
       "p",
       { class: "muted", "data-testid": "query-summary" },
-      `${response.passages.length} passages, ${enumLabel(RetrievalMode[mode])} mode` +
+      `${count(response.passages.length, "passage")}, ${enumLabel(RetrievalMode[mode])} mode` +
         (t ? ` · ${t.totalMs.toFixed(0)} ms (embed ${t.embedMs.toFixed(0)}, search ${t.searchMs.toFixed(0)}, decrypt ${t.decryptMs.toFixed(0)})` : "") +
         (response.cached ? " · from the cache" : ""),
     );
