@@ -170,13 +170,19 @@ export class DocumentsView {
     });
     const dropzone = h(
       "div",
-      { class: "dropzone", "data-testid": "dropzone", tabindex: 0 },
+      { class: "dropzone", "data-testid": "dropzone", tabindex: 0, role: "button", "aria-label": "Upload PDF or text files" },
       h("strong", {}, "Drop PDF or text files here"),
       " or ",
       h("button", { type: "button", class: "link", onclick: () => picker.click() }, "choose files"),
       h("div", { class: "hint" }, ".pdf and .txt, up to 50 MB each"),
       picker,
     );
+    dropzone.addEventListener("keydown", (event) => {
+      if (event.key === "Enter" || event.key === " ") {
+        event.preventDefault();
+        picker.click();
+      }
+    });
     dropzone.addEventListener("dragover", (event) => {
       event.preventDefault();
       dropzone.classList.add("over");
