@@ -236,6 +236,16 @@ class Stack:
     def app(self, name: str):  # type: ignore[no-untyped-def]
         return self.servers[name].app
 
+    def channel_as(self, service: str, identity: str) -> grpc.aio.Channel:
+        """A channel to `service` authenticated as the workload `identity` (for internal
+        RPCs, as the service that calls them in production)."""
+        key = f"{service} as {identity}"
+        if key not in self.channels:
+            self.channels[key] = secure_channel(
+                self.ports[service], identity_of(self.settings, identity)
+            )
+        return self.channels[key]
+
     async def stop_service(self, name: str) -> None:
         await self.servers.pop(name).stop(grace=0.2)
 

@@ -15,9 +15,15 @@ from runtime.errors import Unauthenticated
 
 def issue(key: Ed25519PrivateKey, expires_in: int = 3600) -> str:
     now = int(time.time())
-    claims = tokens.CLAIMS.pack(
-        tokens.TOKEN_VERSION, tokens.Scope.UNLOCK, uuid.uuid4().bytes, now, now + expires_in
-    )
+    claims = tokens.TokenClaims(
+        uuid.uuid4(),
+        tokens.Scope.UNLOCK,
+        None,
+        1,
+        tokens.key_id_of(key.public_key().public_bytes_raw()),
+        now,
+        now + expires_in,
+    ).pack()
     sealed = bytes(tokens.SEALED_BYTES)
     return tokens.encode(claims, sealed, key.sign(tokens.DOMAIN + claims + sealed))
 
@@ -47,3 +53,20 @@ def test_expiry_is_checked_on_every_use_of_a_remembered_signature():
     tokens.verify(parts, signer.public_key())
     with pytest.raises(Unauthenticated, match="expired"):
         tokens.verify(parts, signer.public_key(), now=time.time() + 120)
+
+
+def test_job_tokens_open_only_their_own_documents_steps_and_no_public_rpc():
+    project, document = uuid.uuid4(), uuid.uuid4()
+    key = Ed25519PrivateKey.generate()
+    claims = tokens.TokenClaims(
+        project, tokens.Scope.JOB, document, 1, b"\0" * 8, 0, int(time.time()) + 60
+    )
+    unlock = tokens.TokenClaims(project, tokens.Scope.UNLOCK, None, 1, b"\0" * 8, 0, 0)
+    assert key  # tokens.check_use needs only the claims
+    with pytest.raises(Unauthenticated, match="job token"):
+        tokens.check_use(claims, tokens.UNLOCK_ONLY)  # what every public RPC asks
+    with pytest.raises(Unauthenticated, match="another document"):
+        tokens.check_use(claims, tokens.ANY_SCOPE, str(uuid.uuid4()))
+    tokens.check_use(claims, tokens.ANY_SCOPE, str(document))
+    tokens.check_use(unlock, tokens.ANY_SCOPE, str(uuid.uuid4()))
+    tokens.check_use(unlock, tokens.UNLOCK_ONLY)
