@@ -81,6 +81,13 @@ class Settings(BaseSettings):
     # Envoy-wide token bucket (requests per second) that holds if the ratelimit service is down.
     gateway_local_rate_limit: int = Field(default=200, ge=1)
 
+    # Web console (runtime/console.py): its port (PORT overrides), the built app it serves and
+    # the gateway URL it gives browsers ("/" = same origin; unset = the gateway port on the
+    # host name the browser used for the console).
+    console_port: int = Field(default=3000, ge=1, le=65535)
+    console_dist: Path = REPO_ROOT / "web" / "dist"
+    console_gateway_url: str | None = None
+
     # Rate limiting: the rules file (envoyproxy/ratelimit format), the Redis key prefix and
     # how often, in seconds, to try Redis again while counting in memory.
     ratelimit_rules: Path = REPO_ROOT / "envoy" / "ratelimit.yaml"

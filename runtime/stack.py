@@ -4,6 +4,9 @@ Starts crypto, projects, ingest, query, the rate-limit service, the ingest worke
 with REDIS_URL) and Envoy as child processes, waits until each is ready, and on Ctrl-C
 or SIGTERM stops them in reverse order (SIGTERM, then SIGKILL after a grace period), so
 nothing is left running. If any child dies, everything is stopped and the exit code says so.
+
+Once `make install` has built it, the web console's file server (runtime/console.py) is one
+more child, and its origin is added to the gateway's CORS origins.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from runtime import console
 from runtime.config import REPO_ROOT, ServiceName, Settings, load_settings
 from runtime.gateway import envoy_command, render
 from runtime.tls import Identity, workload_identity
@@ -31,6 +35,7 @@ class Child:
     name: str
     argv: list[str]
     port: int | None = None  # gRPC port to probe for readiness
+    http: bool = False  # probe `port` with GET /healthz instead
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
 
@@ -54,6 +59,9 @@ def children(settings: Settings) -> list[Child]:
     ]
     if settings.redis_url:
         services.append(Child("worker", [python, "-m", "services.ingest.worker"]))
+    if console.is_built(settings):
+        services.append(Child("console", console.ARGV, settings.console_port, http=True))
+        settings = console.with_own_origins(settings)
     services.append(Child("envoy", envoy_command(render(settings))))
     return services
 
@@ -140,7 +148,8 @@ class Stack:
 
     def _wait_ready(self, child: Child, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        while not ready(child.port, self.operator):  # type: ignore[arg-type]
+        port: int = child.port  # type: ignore[assignment]
+        while not (console.serving(port) if child.http else ready(port, self.operator)):
             if child.process is None or child.process.poll() is not None:
                 raise RuntimeError(f"{child.name} exited during start-up")
             if time.monotonic() > deadline:
@@ -199,6 +208,10 @@ def main() -> int:
             f"{settings.tls_root}/<workload>/.\n",
             flush=True,
         )
+        if console.is_built(settings):
+            print(f"Web console: {console.url(settings)}\n", flush=True)
+        else:
+            print("Web console: not built (run `make install`)\n", flush=True)
         while not stopping:
             if (dead := stack.failed()) is not None:
                 print(f"{dead.name} exited unexpectedly; stopping the stack", file=sys.stderr)
