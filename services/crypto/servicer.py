@@ -179,14 +179,14 @@ class CryptoServicer(crypto_pb2_grpc.CryptoServiceServicer):
         project_id = project_uuid(request.project_id)
         await self.check(context, project_id, UNLOCK_ONLY)
         size = page_size(request)
-        cursor = decode_cursor(request.page_token, (int,))
+        cursor = decode_cursor(request.page_token, "audit", (int,))
         after = cursor[0] if cursor else 0
         records = await self.audit.events(str(project_id), after, size + 1)
         page = records[:size]
         more = len(records) > size
         return crypto_pb2.ListAuditEventsResponse(
             events=[record.to_proto() for record in page],
-            next_page_token=encode_cursor(page[-1].seq) if more else "",
+            next_page_token=encode_cursor("audit", page[-1].seq) if more else "",
         )
 
     async def VerifyAuditChain(self, request, context):

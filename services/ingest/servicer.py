@@ -11,6 +11,7 @@ import base64
 import logging
 import uuid
 from collections.abc import Callable
+from datetime import datetime
 from urllib.parse import urlsplit
 
 from google.protobuf import duration_pb2
@@ -273,7 +274,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
 
     async def ListDocuments(self, request, context):
         token = await self._authorize(context, request.project_id)
-        cursor = decode_cursor(request.page_token, (str, str))
+        cursor = decode_cursor(request.page_token, "documents", (datetime, str))
         rows, more = await self.store.page(
             request.project_id,
             STATUS_NAMES.get(request.status),
@@ -283,7 +284,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         cipher = ContentCipher(self.crypto, request.project_id, token)
         next_token = ""
         if more and rows:
-            next_token = encode_cursor(as_utc(rows[-1].created_at).isoformat(), rows[-1].id)
+            next_token = encode_cursor("documents", as_utc(rows[-1].created_at), rows[-1].id)
         return ingest_pb2.ListDocumentsResponse(
             documents=await self._describe(cipher, rows), next_page_token=next_token
         )

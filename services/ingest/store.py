@@ -167,14 +167,14 @@ class DocumentStore:
             return _document((await connection.execute(_FIND, {"p_id": document_id})).first())
 
     async def page(
-        self, project_id: str, status: str | None, size: int, after: tuple[str, str] | None
+        self, project_id: str, status: str | None, size: int, after: tuple[datetime, str] | None
     ) -> tuple[list[DocumentRow], bool]:
-        """Newest first; `after` is the (created_at ISO, id) of the last document seen."""
+        """Newest first; `after` is the (created_at, id) of the last document seen."""
         query = select(DocumentRow).where(DocumentRow.project_id == project_id)
         if status:
             query = query.where(DocumentRow.status == status)
         if after is not None:
-            created_at, last_id = datetime.fromisoformat(after[0]), after[1]
+            created_at, last_id = after
             query = query.where(
                 (DocumentRow.created_at < created_at)
                 | ((DocumentRow.created_at == created_at) & (DocumentRow.id < last_id))

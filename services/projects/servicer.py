@@ -7,6 +7,7 @@ stored here holds wrapped keys only.
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 
 import grpc
 from google.protobuf import duration_pb2
@@ -200,12 +201,12 @@ class ProjectServicer(projects_pb2_grpc.ProjectServiceServicer):
         return projects_pb2.GetProjectResponse(project=to_proto(row, stats.get(row.id)))
 
     async def ListProjects(self, request, context):
-        cursor = decode_cursor(request.page_token, (str, str))
+        cursor = decode_cursor(request.page_token, "projects", (datetime, str))
         page = await self.store.page(page_size(request), cursor)  # type: ignore[arg-type]
         stats = await self._stats([row.id for row in page.rows])
         next_token = ""
         if page.more and page.last is not None:
-            next_token = encode_cursor(as_utc(page.last.created_at).isoformat(), page.last.id)
+            next_token = encode_cursor("projects", as_utc(page.last.created_at), page.last.id)
         return projects_pb2.ListProjectsResponse(
             projects=[to_proto(row, stats.get(row.id)) for row in page.rows],
             next_page_token=next_token,

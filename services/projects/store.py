@@ -37,11 +37,11 @@ class ProjectStore:
             raise NotFound(f"Project {project_id} not found")
         return row
 
-    async def page(self, size: int, after: tuple[str, str] | None) -> Page:
-        """Newest first; `after` is the (created_at ISO, id) of the last item seen."""
+    async def page(self, size: int, after: tuple[datetime, str] | None) -> Page:
+        """Newest first; `after` is the (created_at, id) of the last item seen."""
         query = select(ProjectRow).order_by(ProjectRow.created_at.desc(), ProjectRow.id.desc())
         if after is not None:
-            created_at, last_id = datetime.fromisoformat(after[0]), after[1]
+            created_at, last_id = after
             query = query.where(
                 (ProjectRow.created_at < created_at)
                 | ((ProjectRow.created_at == created_at) & (ProjectRow.id < last_id))
