@@ -50,6 +50,7 @@ INTERNAL_CALLERS: Mapping[str, frozenset[str]] = {
     _CRYPTO + "DecryptBatch": frozenset({"ingest", "worker", "query"}),
     _CRYPTO + "HashTerms": frozenset({"ingest", "worker", "query"}),
     _CRYPTO + "AppendAuditEvent": frozenset({"projects", "ingest", "worker"}),
+    _CRYPTO + "IssueAuditGrant": frozenset({"projects", "ingest"}),
     # Index writes: ingestion (inline in ingest, background in the worker); a deleted
     # project's index: projects.
     _QUERY + "IndexChunks": frozenset({"ingest", "worker"}),

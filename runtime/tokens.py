@@ -63,6 +63,7 @@ MAX_TOKEN_CHARS = 512
 # Token signatures remembered as checked (see _signature_valid); about 1 MB at most.
 VERIFIED_SIGNATURES = 4096
 ALTERED = "The unlock token is invalid: it was altered or issued by another deployment"
+TOKEN_ENDED = "The token was ended by a passphrase change; unlock the project again"
 WRONG_SCOPE = (
     "This call needs an unlock token (ProjectService.UnlockProject); the token given is a "
     "job token, which opens only its own document's ingestion steps"

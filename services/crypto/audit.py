@@ -50,6 +50,10 @@ _LOCK_HEAD = (
     .with_for_update()
 )
 _INSERT_EVENT = insert(audit_events)
+_FIND_EVENT = select(audit_events).where(
+    audit_events.c.project_id == bindparam("p_project"),
+    audit_events.c.event_id == bindparam("p_event"),
+)
 _MOVE_HEAD = (
     update(audit_chains)
     .where(audit_chains.c.project_id == bindparam("p_project"))
@@ -158,14 +162,17 @@ class AuditChain:
         event_type: int,
         actor: str,
         attributes: dict[str, str],
+        event_id: str | None = None,
     ) -> AuditRecord:
+        """Appends an event; with `event_id`, an event already appended under that id is
+        returned instead (at most once per id)."""
         signer = Ed25519PrivateKey.from_private_bytes(signing_seed)
         lock = self._locks.setdefault(project_id, asyncio.Lock())
         async with lock:
             for _ in range(APPEND_ATTEMPTS):
                 try:
                     return await self._append_once(
-                        project_id, signer, event_type, actor, attributes
+                        project_id, signer, event_type, actor, attributes, event_id
                     )
                 except IntegrityError:
                     continue  # another process took this seq first (SQLite without locking)
@@ -178,6 +185,7 @@ class AuditChain:
         event_type: int,
         actor: str,
         attributes: dict[str, str],
+        event_id: str | None,
     ) -> AuditRecord:
         public_key = signer.public_key().public_bytes_raw()
         time_us = time.time_ns() // 1000
@@ -188,6 +196,14 @@ class AuditChain:
                     "This project's audit chain was started under another signing key; "
                     "its events cannot be signed with this project's keyring"
                 )
+            if event_id is not None:
+                existing = (
+                    await connection.execute(
+                        _FIND_EVENT, {"p_project": project_id, "p_event": event_id}
+                    )
+                ).first()
+                if existing is not None:
+                    return AuditRecord.from_row(existing)
             seq = head.head_seq + 1
             digest = event_hash(
                 project_id, seq, event_type, actor, time_us, attributes, head.head_hash
@@ -215,6 +231,7 @@ class AuditChain:
                     "prev_hash": record.prev_hash,
                     "hash": digest,
                     "signature": record.signature,
+                    "event_id": event_id,
                 },
             )
             await connection.execute(

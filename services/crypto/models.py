@@ -50,6 +50,10 @@ audit_events = Table(
     Column("prev_hash", LargeBinary(32), nullable=False),
     Column("hash", LargeBinary(32), nullable=False),
     Column("signature", LargeBinary(64), nullable=False),
+    # The outbox's idempotency key (not hashed: it names a delivery, not the event): a
+    # delivery repeated after a crash finds its event instead of appending it twice.
+    Column("event_id", String(36), nullable=True),
+    UniqueConstraint("project_id", "event_id"),
     # No two events of a project share a seq: a fork cannot be stored, whatever the locking.
     UniqueConstraint("project_id", "seq"),
 )

@@ -28,7 +28,8 @@ from runtime.errors import DataLoss, InvalidArgument, Unauthenticated
 from runtime.health import Readiness
 from runtime.paging import decode_cursor, encode_cursor, page_size
 from runtime.protos import CRYPTO_SERVICE
-from runtime.tokens import ANY_SCOPE, UNLOCK_ONLY, Scope, token_from
+from runtime.tls import peer_identity
+from runtime.tokens import ANY_SCOPE, TOKEN_ENDED, UNLOCK_ONLY, Scope, token_from
 from services.crypto.aead import Aead, AeadError
 from services.crypto.audit import AuditChain
 from services.crypto.content import ProjectCipher
@@ -39,10 +40,13 @@ from services.crypto.tokens import TokenAuthority, UnlockToken
 
 DEFAULT_UNLOCK_TTL = 3600
 DEFAULT_JOB_TTL = 24 * 3600
+# An audit grant outlives the tokens it comes with: its events wait in an outbox for as long
+# as crypto is away (a longer outage leaves them pending, and logged, never dropped).
+AUDIT_GRANT_TTL = 7 * 24 * 3600
 DEFAULT_SALT_BYTES = 16
 # Work on more bytes than this runs in a thread so other calls keep flowing.
 OFFLOAD_BYTES = 1024 * 1024
-ENDED = "The token was ended by a passphrase change; unlock the project again"
+ENDED = TOKEN_ENDED
 
 T = TypeVar("T")
 
@@ -254,7 +258,9 @@ class CryptoInternalServicer(internal_pb2_grpc.CryptoInternalServiceServicer):
         ttl = request.ttl.seconds if request.HasField("ttl") else DEFAULT_UNLOCK_TTL
         text, token = self.authority.issue(project_id, Scope.UNLOCK, ttl, keys, generation)
         return internal_pb2.OpenKeyringResponse(
-            unlock_token=text, expires_at=timestamp(token.expires_at)
+            unlock_token=text,
+            expires_at=timestamp(token.expires_at),
+            audit_grant=self._audit_grant(context, project_id, token)[0],
         )
 
     async def RewrapKeyring(self, request, context):
@@ -280,6 +286,25 @@ class CryptoInternalServicer(internal_pb2_grpc.CryptoInternalServiceServicer):
             job_token=text,
             expires_at=timestamp(token.expires_at),
             job_grant=self.authority.seal_grant(text, project_id, document_id),
+            audit_grant=self._audit_grant(context, project_id, unlock)[0],
+        )
+
+    def _audit_grant(
+        self, context: grpc.aio.ServicerContext, project_id: uuid.UUID, token: UnlockToken
+    ) -> tuple[bytes, int]:
+        audience = peer_identity(context)
+        if audience is None:  # the caller table admits only workload certificates here
+            raise Unauthenticated("An audit grant is issued to a workload certificate only")
+        return self.authority.seal_audit_grant(
+            project_id, token.keys.signing_seed, audience, AUDIT_GRANT_TTL
+        )
+
+    async def IssueAuditGrant(self, request, context):
+        project_id = project_uuid(request.project_id)
+        token = await self.check(context, project_id)
+        grant, expires_at = self._audit_grant(context, project_id, token)
+        return internal_pb2.IssueAuditGrantResponse(
+            audit_grant=grant, expires_at=timestamp(expires_at)
         )
 
     async def RedeemJobGrant(self, request, context):
@@ -345,12 +370,21 @@ class CryptoInternalServicer(internal_pb2_grpc.CryptoInternalServiceServicer):
 
     async def AppendAuditEvent(self, request, context):
         project_id = project_uuid(request.project_id)
-        token = await self.check(context, project_id)
+        if request.audit_grant:
+            # A grant signs only: no keyring generation check, since a passphrase change
+            # re-wraps the keys and keeps the signing key (refusing would drop the events
+            # recorded before it).
+            seed = self.authority.open_audit_grant(
+                request.audit_grant, project_id, peer_identity(context) or ""
+            )
+        else:
+            seed = (await self.check(context, project_id)).keys.signing_seed
         record = await self.audit.append(
             str(project_id),
-            token.keys.signing_seed,
+            seed,
             request.type,
             request.actor,
             dict(request.attributes),
+            event_id=request.event_id or None,
         )
         return internal_pb2.AppendAuditEventResponse(event=record.to_proto())

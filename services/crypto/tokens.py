@@ -13,11 +13,18 @@ A job grant is a job token sealed under a grant key (also from TOKEN_SEALING_KEY
 its project and document: it is what ingest stores in its database and RQ job arguments. A
 reader of those stores holds nothing usable; only crypto opens a grant, for ingest and its
 worker (runtime/callers.py). Nothing here logs a token, grant or key.
+
+An audit grant is the project's signing seed alone (never its data key) sealed under an
+audit-grant key, bound to the project, one workload (its audience) and an expiry: what a
+service keeps beside the events of its audit outbox, so they can be signed when crypto is
+back. Crypto opens it only to sign that workload's AppendAuditEvent calls for that project;
+it is never turned into a token and decrypts nothing.
 """
 
 from __future__ import annotations
 
 import datetime
+import struct
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -43,6 +50,10 @@ __all__ = ["ProjectKeys", "Scope", "TokenAuthority", "UnlockToken"]
 
 GRANT_DOMAIN = b"contextcache/job-grant/v1\x00"
 GRANT_HEADER = 32  # project id ‖ document id, in clear, bound as associated data
+AUDIT_GRANT_DOMAIN = b"contextcache/audit-grant/v1\x00"
+AUDIT_GRANT_VERSION = 1
+# version ‖ project id ‖ expires at (Unix seconds) ‖ audience length; then the audience.
+AUDIT_GRANT_HEADER = struct.Struct(">B16sqB")
 
 
 @dataclass(frozen=True)
@@ -108,6 +119,7 @@ class TokenAuthority:
             self._keys[key_id_of(key.public_key)] = key
         self.current_key_id = key_id_of(_signing_key(master_key).public_key)
         self._grants = [Aead(hkdf_subkey(m, b"contextcache/job-grant/v1")) for m in masters]
+        self._audit_grants = [Aead(hkdf_subkey(m, b"contextcache/audit-grant/v1")) for m in masters]
 
     def verification_keys(self) -> list[tuple[bytes, bytes]]:
         """(key id, public key) of every accepted key, the current one first."""
@@ -171,3 +183,47 @@ class TokenAuthority:
         raise Unauthenticated(
             "The job grant is invalid: it was altered or is of another deployment"
         )
+
+    def seal_audit_grant(
+        self, project_id: uuid.UUID, signing_seed: bytes, audience: str, ttl_seconds: int
+    ) -> tuple[bytes, int]:
+        """(audit grant, expiry in Unix seconds) for `audience` (a workload name)."""
+        expires_at = int(time.time()) + ttl_seconds
+        name = audience.encode()
+        header = (
+            AUDIT_GRANT_HEADER.pack(AUDIT_GRANT_VERSION, project_id.bytes, expires_at, len(name))
+            + name
+        )
+        return header + self._audit_grants[0].seal(signing_seed, AUDIT_GRANT_DOMAIN + header), (
+            expires_at
+        )
+
+    def open_audit_grant(self, grant: bytes, project_id: uuid.UUID, audience: str) -> bytes:
+        """The signing seed an audit grant seals; UNAUTHENTICATED unless it is genuine, of
+        this project, for this audience and not expired."""
+        invalid = Unauthenticated(
+            "The audit grant is invalid: it was altered, is of another deployment, project "
+            "or workload"
+        )
+        if len(grant) < AUDIT_GRANT_HEADER.size:
+            raise invalid
+        version, project, expires_at, length = AUDIT_GRANT_HEADER.unpack_from(grant)
+        end = AUDIT_GRANT_HEADER.size + length
+        header, sealed = grant[:end], grant[end:]
+        if (
+            version != AUDIT_GRANT_VERSION
+            or project != project_id.bytes
+            or header[AUDIT_GRANT_HEADER.size :] != audience.encode()
+        ):
+            raise invalid
+        for aead in self._audit_grants:
+            try:
+                seed = aead.open(sealed, AUDIT_GRANT_DOMAIN + header)
+            except AeadError:
+                continue
+            if expires_at < time.time():
+                raise Unauthenticated(
+                    "The audit grant expired; its event cannot be signed any more"
+                )
+            return seed
+        raise invalid

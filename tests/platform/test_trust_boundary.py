@@ -153,6 +153,66 @@ async def test_job_tokens_and_grants_open_no_public_rpc(stack):
     assert redeemed.job_token == issued.job_token and redeemed.document_id == document.id
 
 
+async def test_audit_grants_sign_only_for_their_workload_and_project(stack):
+    project, token = await new_project(stack)
+    other, _ = await new_project(stack, name="other")
+    as_projects = crypto_internal_pb2_grpc.CryptoInternalServiceStub(
+        stack.channel_as("crypto", "projects")
+    )
+    as_ingest = crypto_internal_pb2_grpc.CryptoInternalServiceStub(
+        stack.channel_as("crypto", "ingest")
+    )
+    grant = (
+        await as_projects.IssueAuditGrant(
+            crypto_internal_pb2.IssueAuditGrantRequest(project_id=project.id), metadata=token
+        )
+    ).audit_grant
+    # What a reader of the projects database finds is a grant: it opens no public RPC.
+    for call in (
+        stack.query.Query(
+            query_pb2.QueryRequest(project_id=project.id, query="rock"),
+            metadata=(("x-unlock-token", base64.b64encode(grant).decode()),),
+        ),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await call
+        assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+    def append(project_id: str, audit_grant: bytes, event_id: str = ""):
+        return crypto_internal_pb2.AppendAuditEventRequest(
+            project_id=project_id,
+            type=crypto_pb2.AUDIT_EVENT_TYPE_PROJECT_UPDATED,
+            actor="token-holder",
+            attributes={"fields": "name"},
+            audit_grant=audit_grant,
+            event_id=event_id,
+        )
+
+    tampered = grant[:-1] + bytes([grant[-1] ^ 1])
+    for stub, request in (
+        (as_ingest, append(project.id, grant)),  # another workload's grant
+        (as_projects, append(other.id, grant)),  # another project
+        (as_projects, append(project.id, tampered)),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await stub.AppendAuditEvent(request)
+        assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+    # An event id is appended once, however often it is delivered.
+    event_id = str(uuid.uuid4())
+    first = await as_projects.AppendAuditEvent(append(project.id, grant, event_id))
+    again = await as_projects.AppendAuditEvent(append(project.id, grant, event_id))
+    assert again.event.seq == first.event.seq and again.event.hash == first.event.hash
+    events = (
+        await stack.crypto.ListAuditEvents(
+            crypto_pb2.ListAuditEventsRequest(project_id=project.id, page_size=100),
+            metadata=token,
+        )
+    ).events
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert sum(e.type == crypto_pb2.AUDIT_EVENT_TYPE_PROJECT_UPDATED for e in events) == 1
+
+
 def retry_after(error: grpc.aio.AioRpcError) -> float | None:
     for key, value in error.trailing_metadata() or ():
         if key == "grpc-status-details-bin":
