@@ -35,7 +35,7 @@ class ContentCipher:
                     for data, ad in items[start : start + BATCH]
                 ],
             )
-            async with calling("crypto"):
+            async with calling("crypto", "EncryptBatch"):
                 response = await self.crypto.EncryptBatch(request, metadata=self.metadata)
             out.extend(response.ciphertexts)
         return out
@@ -51,7 +51,7 @@ class ContentCipher:
                     for data, ad in items[start : start + BATCH]
                 ],
             )
-            async with calling("crypto"):
+            async with calling("crypto", "DecryptBatch"):
                 response = await self.crypto.DecryptBatch(request, metadata=self.metadata)
             out.extend(response.plaintexts)
         return out
@@ -68,7 +68,7 @@ class ContentCipher:
         unique = list(dict.fromkeys(terms))
         for start in range(0, len(unique), 100_000):
             batch = unique[start : start + 100_000]
-            async with calling("crypto"):
+            async with calling("crypto", "HashTerms"):
                 response = await self.crypto.HashTerms(
                     crypto_pb2.HashTermsRequest(project_id=self.project_id, terms=batch),
                     metadata=self.metadata,

@@ -121,7 +121,7 @@ _PASSED_THROUGH = {
 }
 
 
-def remote_error(error: grpc.aio.AioRpcError, service: str) -> Exception:
+def remote_error(error: grpc.aio.AioRpcError, service: str, rpc: str = "") -> Exception:
     """The error to raise for a failed call to another service.
 
     Errors the caller caused (bad input, bad token, wrong passphrase…) pass through with
@@ -142,7 +142,9 @@ def remote_error(error: grpc.aio.AioRpcError, service: str) -> Exception:
         passed.remote_status = _status_details(error)
         return passed
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-        return errors.Unavailable(f"The {service} service is unavailable. Try again shortly")
+        unavailable = errors.Unavailable(f"The {service} service is unavailable. Try again shortly")
+        unavailable.cause = " ".join(part for part in (service, rpc, code.name) if part)
+        return unavailable
     return RuntimeError(f"{service} call failed with {code.name}")
 
 
@@ -156,9 +158,10 @@ def _status_details(error: grpc.aio.AioRpcError) -> bytes | None:
 
 
 @contextlib.asynccontextmanager
-async def calling(service: str) -> AsyncIterator[None]:
-    """Turns a failed call to `service` into the error this service should raise."""
+async def calling(service: str, rpc: str = "") -> AsyncIterator[None]:
+    """Turns a failed call to `service` (method `rpc`, named in logs) into the error this
+    service should raise."""
     try:
         yield
     except grpc.aio.AioRpcError as error:
-        raise remote_error(error, service) from error
+        raise remote_error(error, service, rpc) from error

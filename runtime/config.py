@@ -118,6 +118,10 @@ class Settings(BaseSettings):
     hybrid_dense_weight: float = Field(default=1.0, ge=0, le=10)
     hybrid_keyword_weight: float = Field(default=1.0, ge=0, le=10)
 
+    # Projects and ingest: how often the audit relay retries delivering outbox events to
+    # crypto (seconds; events are also delivered right after the change that records them).
+    audit_relay_interval: float = Field(default=1.0, gt=0, le=300)
+
     # How often readiness re-checks dependencies, in seconds.
     health_check_interval: float = Field(default=5.0, gt=0, le=300)
     # How long SIGTERM waits for in-flight calls, in seconds.

@@ -104,6 +104,9 @@ class ResourceExhausted(ServiceError):
 
 class Unavailable(ServiceError):
     code = grpc.StatusCode.UNAVAILABLE
+    # What was unavailable, for logs (never for the caller): "query IndexChunks
+    # DEADLINE_EXCEEDED", "database", …; empty when not known.
+    cause: str = ""
 
 
 class DataLoss(ServiceError):

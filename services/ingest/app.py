@@ -14,6 +14,7 @@ from runtime.clients import grpc_dependency, open_channel
 from runtime.config import ServiceName, Settings
 from runtime.db import create_engine, database_dependency, database_url, upgrade_async
 from runtime.health import Dependency
+from runtime.outbox import AuditRelay
 from runtime.protos import CRYPTO_SERVICE, INGEST_SERVICE, QUERY_SERVICE
 from runtime.server import MB, ServiceApp
 from runtime.tokens import TokenVerifier
@@ -57,6 +58,17 @@ class IngestApp(ServiceApp):
             allow_loopback=self.settings.url_fetch_allow_private,
         )
         self.embedder = Embedder()
+        # Only the service relays its outbox (a worker's events wait there for it).
+        self.relay = (
+            None
+            if self.worker
+            else AuditRelay(
+                self.engine,
+                self.store.outbox,
+                self.crypto,
+                interval=self.settings.audit_relay_interval,
+            )
+        )
         self.queue = JobQueue(self.pipeline, self.settings.redis_url, self.settings.ingest_queue)
 
     def pipeline(self) -> IngestionPipeline:
@@ -69,6 +81,7 @@ class IngestApp(ServiceApp):
                 self.embedder,
                 lease=timedelta(seconds=self.settings.ingest_lease_seconds),
                 max_attempts=self.settings.ingest_max_attempts,
+                relay=self.relay,
             )
         return self._pipeline
 
@@ -84,10 +97,14 @@ class IngestApp(ServiceApp):
             self.store, self.queue, self.pipeline, self.settings.ingest_reaper_interval
         )
         self.reaper.start()
+        assert self.relay is not None
+        self.relay.start()
 
     async def stop(self) -> None:
         await self.tokens.stop()
         await self.reaper.stop()
+        if self.relay is not None:
+            await self.relay.stop()
         await self.queue.stop()
         await self.close()
 
@@ -114,6 +131,7 @@ class IngestApp(ServiceApp):
             self.queue,
             self.fetcher.policy,
             self.readiness,
+            self.relay,
         )
         ingest_pb2_grpc.add_IngestServiceServicer_to_server(servicer, server)
         ingest_internal_pb2_grpc.add_IngestInternalServiceServicer_to_server(

@@ -5,9 +5,18 @@ existing embeddings of identical chunks) → keyword terms (keyed ids) → encry
 index → facts → completed, with progress persisted as chunks are embedded.
 
 A document is claimed with a lease that a heartbeat extends while it is processed; if the
-process dies, the lease lapses and the reaper (jobs.py) runs it again. Every step is
-idempotent: chunk ids are deterministic and a re-run replaces what an earlier run stored.
-This module never logs document text, titles or URLs.
+process dies, the lease lapses and the reaper (jobs.py) runs it again. Each claim is a new
+run with its own attempt number, and every write of a run is fenced by it (store.py): a run
+whose lease lapsed — its heartbeat could not reach the database for a whole lease, say — and
+whose document was requeued changes nothing and stops itself; it never fails, completes or
+unindexes a document another run owns. Every step is idempotent: chunk ids are
+deterministic and a re-run replaces what an earlier run stored.
+
+A transient failure (a service or the database briefly unreachable) is logged with its cause
+and counted on the document, and the run tries again after a backoff of seconds; after a few
+it gives the document back to the queue (the reaper runs it again shortly) or, out of
+attempts, fails it with a reason. Audit events are recorded in the transaction of the change
+they describe (runtime/outbox.py). This module never logs document text, titles or URLs.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from datetime import timedelta
 
 import numpy as np
 from google.protobuf import timestamp_pb2
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from contextcache.internal.v1 import crypto_pb2 as crypto_internal_pb2
 from contextcache.internal.v1 import crypto_pb2_grpc, query_pb2, query_pb2_grpc
@@ -37,6 +47,7 @@ from runtime.background import cancel_and_wait
 from runtime.clients import calling
 from runtime.db import as_utc
 from runtime.errors import AlreadyExists, ServiceError, Unauthenticated, Unavailable
+from runtime.outbox import AuditEvent, AuditRelay
 from runtime.tokens import TOKEN_METADATA_KEY
 from services.ingest.models import ChunkRow, DocumentRow, FactRow
 from services.ingest.pipeline.chunker import Chunk, Chunker
@@ -52,6 +63,7 @@ from services.ingest.pipeline.extract import extract
 from services.ingest.pipeline.facts import extract_facts
 from services.ingest.pipeline.fetch import UrlFetcher
 from services.ingest.pipeline.normalize import content_hash, has_readable_text, normalize_text
+from services.ingest.status import DocumentStatus
 from services.ingest.store import DocumentStore
 
 log = logging.getLogger(__name__)
@@ -63,6 +75,18 @@ EMBED_STEP = 64
 # text there nor makes the workers sort thousands of waiting texts.
 EMBED_STEPS_AHEAD = 4
 INDEX_BATCH = 256
+# Backoff before each retry of a run after a transient failure; after the last one the
+# document goes back to the queue (the reaper requeues it when RELEASE_BACKOFF has passed).
+RETRY_BACKOFF = (1.0, 2.0, 4.0, 8.0)
+INLINE_RETRY_BACKOFF = (0.5, 1.0)  # a caller waits on an inline run
+RELEASE_BACKOFF = timedelta(seconds=15)
+# Heartbeat: a failed extension is retried this often until the lease would have lapsed.
+HEARTBEAT_RETRY = 0.5
+
+
+class LeaseLost(Exception):
+    """The run's document is no longer its own: its lease lapsed and it was requeued or
+    claimed by another run, failed by the reaper, or deleted."""
 
 
 class Outcome(enum.Enum):
@@ -122,6 +146,8 @@ class IngestionPipeline:
         chunker: Chunker | None = None,
         lease: timedelta = timedelta(seconds=60),
         max_attempts: int = 3,
+        relay: AuditRelay | None = None,
+        retry_backoff: Sequence[float] = RETRY_BACKOFF,
     ) -> None:
         self.store = store
         self.crypto = crypto
@@ -132,6 +158,10 @@ class IngestionPipeline:
         self._chunker = chunker
         self.lease = lease
         self.max_attempts = max_attempts
+        # Delivers audit events right after their commit (None in a worker: the ingest
+        # service's relay delivers them).
+        self.relay = relay
+        self.retry_backoff = tuple(retry_backoff)
 
     @property
     def chunker(self) -> Chunker:
@@ -142,7 +172,7 @@ class IngestionPipeline:
     async def redeem(self, job_grant: str) -> str:
         """The job token a stored grant stands for (crypto opens grants for ingest and its
         worker only)."""
-        async with calling("crypto"):
+        async with calling("crypto", "RedeemJobGrant"):
             redeemed = await self.crypto.RedeemJobGrant(
                 crypto_internal_pb2.RedeemJobGrantRequest(job_grant=base64.b64decode(job_grant)),
                 timeout=10,
@@ -169,8 +199,16 @@ class IngestionPipeline:
                 "The document's job is no longer authorized (it expired or the passphrase "
                 "changed). Retry it with RetryDocument."
             )
-            await self.fail(document, None, reason, "unauthorized")
+            await self.fail(document, reason, "unauthorized")
             return Result(Outcome.FAILED, reason, error)
+        except Unavailable as error:
+            # Nothing claimed: the document keeps its lease and the reaper queues it again.
+            log.warning(
+                "document %s: transient failure before its run (%s); the reaper retries it",
+                document_id,
+                error.cause or "crypto RedeemJobGrant",
+            )
+            return Result(Outcome.RETRY, error.message, error)
         return await self.process(document_id, token)
 
     async def process(
@@ -179,63 +217,172 @@ class IngestionPipeline:
         token: str,
         payload: str | None = None,
         claimed: DocumentRow | None = None,
+        *,
+        inline: bool = False,
     ) -> Result:
         """Runs the pipeline for one document; never raises for the document's own faults.
 
         `payload` is the document's upload in plaintext when the caller still holds it (an
         inline ingestion); otherwise the stored upload is read and decrypted. `claimed`: the
         document as stored already claimed (an inline ingestion inserts it so), else it is
-        claimed here.
+        claimed here. `inline`: a caller waits, so transient failures are retried briefly.
         """
         document = claimed or await self.store.claim(document_id, self.lease)
         if document is None:
             return Result(Outcome.SKIPPED)
-        heartbeat = asyncio.create_task(self._heartbeat(document_id))
         cipher = ContentCipher(self.crypto, document.project_id, token)
+        backoff = INLINE_RETRY_BACKOFF if inline else self.retry_backoff
         try:
-            stored = await self._run(document, cipher, payload)
+            return await self._fenced(document, self._tries(document, cipher, payload, backoff))
+        except LeaseLost:
+            log.info(
+                "document %s: run %d lost its lease; it stopped and left the document to "
+                "the run that holds it",
+                document.id,
+                document.attempts,
+            )
+            return Result(Outcome.SKIPPED)
+
+    async def _tries(
+        self,
+        document: DocumentRow,
+        cipher: ContentCipher,
+        payload: str | None,
+        backoff: Sequence[float],
+    ) -> Result:
+        """The run: the pipeline, tried again after each transient failure."""
+        retry = 0
+        while True:
+            try:
+                return await self._once(document, cipher, payload, replace=retry > 0)
+            except (Unavailable, OperationalError, InterfaceError) as error:
+                cause = transient_cause(error)
+                try:
+                    count = await self.store.count_transient(document.id, document.attempts)
+                except (OperationalError, InterfaceError):
+                    count = 0  # the database itself is away: counted on the next failure
+                if count is None:
+                    raise LeaseLost from error
+                if retry < len(backoff):
+                    log.warning(
+                        "document %s: transient failure (%s), %d so far; retrying in %.1fs",
+                        document.id,
+                        cause,
+                        count,
+                        backoff[retry],
+                    )
+                    await asyncio.sleep(backoff[retry])
+                    retry += 1
+                    continue
+                log.warning(
+                    "document %s: transient failure (%s), %d so far; giving it back to the queue",
+                    document.id,
+                    cause,
+                    count,
+                )
+                return await self._give_back(document, error, cause)
+
+    async def _once(
+        self,
+        document: DocumentRow,
+        cipher: ContentCipher,
+        payload: str | None,
+        *,
+        replace: bool,
+    ) -> Result:
+        """One pass of the pipeline (`replace`: what an earlier pass of this run stored);
+        raises for transient failures only."""
+        try:
+            stored = await self._run(document, cipher, payload, replace)
         except IngestError as error:
-            await self.fail(document, token, error.reason, failure_code(error))
+            await self.fail(document, error.reason, failure_code(error))
             return Result(Outcome.FAILED, error.reason)
         except AlreadyExists as error:
-            await self.fail(document, token, error.message, "duplicate")
+            await self.fail(document, error.message, "duplicate")
             return Result(Outcome.FAILED, error.message, error)
-        except Unavailable as error:
-            return await self._transient(document, token, error)
+        except Unavailable:
+            raise
         except ServiceError as error:  # e.g. the token expired or the project went away
-            await self.fail(document, token, error.message, error.code.name.lower())
+            await self.fail(document, error.message, error.code.name.lower())
             return Result(Outcome.FAILED, error.message, error)
-        finally:
-            await cancel_and_wait(heartbeat)
-        if stored is None:
-            await self._unindex(document)  # deleted while it was being processed
-            return Result(Outcome.SKIPPED)
-        await self._audit(document, token, crypto_pb2.AUDIT_EVENT_TYPE_DOCUMENT_INGESTED)
+        await self._deliver_audit(document.project_id)
         return Result(Outcome.COMPLETED, document=stored)
 
-    async def _transient(self, document: DocumentRow, token: str, error: Unavailable) -> Result:
+    async def _give_back(self, document: DocumentRow, error: Exception, cause: str) -> Result:
+        unavailable = (
+            error
+            if isinstance(error, Unavailable)
+            else Unavailable("The database is unavailable. Try again shortly")
+        )
         if document.attempts >= self.max_attempts:
             reason = (
                 "ContextCache could not process the document because a service was unavailable "
-                f"{document.attempts} times. Try again later with RetryDocument."
+                f"in each of its {document.attempts} attempts. Try again later with "
+                "RetryDocument."
             )
-            await self.fail(document, token, reason, "unavailable")
-            return Result(Outcome.FAILED, reason, error)
-        await self.store.requeue(document.id, self.lease)
-        return Result(Outcome.RETRY, error.message, error)
+            await self.fail(document, reason, "unavailable")
+            return Result(Outcome.FAILED, reason, unavailable)
+        if not await self.store.release(document.id, document.attempts, RELEASE_BACKOFF):
+            raise LeaseLost
+        return Result(Outcome.RETRY, unavailable.message, unavailable)
 
-    async def _heartbeat(self, document_id: str) -> None:
+    async def _fenced(self, document: DocumentRow, work) -> Result:  # type: ignore[no-untyped-def]
+        """Runs `work` while a heartbeat holds the run's lease; LeaseLost (and `work`
+        cancelled) as soon as the heartbeat finds the lease gone."""
+        task = asyncio.ensure_future(work)
+        heartbeat = asyncio.create_task(self._heartbeat(document))
+        try:
+            await asyncio.wait({task, heartbeat}, return_when=asyncio.FIRST_COMPLETED)
+            if task.done():
+                return task.result()
+            heartbeat.result()  # raises LeaseLost
+            raise LeaseLost
+        finally:
+            await cancel_and_wait(heartbeat)
+            await cancel_and_wait(task)
+
+    async def _heartbeat(self, document: DocumentRow) -> None:
+        """Extends the run's lease every third of it; retries through a short database
+        outage; raises LeaseLost when the lease is another's, or when it could not be
+        extended before it lapsed (another run may claim the document from then on)."""
         interval = max(0.5, self.lease.total_seconds() / 3)
+        loop = asyncio.get_running_loop()
+        expires = loop.time() + self.lease.total_seconds()
         while True:
             await asyncio.sleep(interval)
-            await self.store.extend_lease(document_id, self.lease)
+            while True:
+                attempt_at = loop.time()
+                try:
+                    extended = await self.store.extend_lease(
+                        document.id, document.attempts, self.lease
+                    )
+                except Exception as error:
+                    if loop.time() + HEARTBEAT_RETRY >= expires:
+                        log.warning(
+                            "document %s: run %d could not extend its lease (%s) before it "
+                            "lapsed; stopping",
+                            document.id,
+                            document.attempts,
+                            type(error).__name__,
+                        )
+                        raise LeaseLost from error
+                    await asyncio.sleep(HEARTBEAT_RETRY)
+                    continue
+                if not extended:
+                    raise LeaseLost
+                expires = attempt_at + self.lease.total_seconds()
+                break
 
     # -- the steps ---------------------------------------------------------------------
 
     async def _run(
-        self, document: DocumentRow, cipher: ContentCipher, payload: str | None
-    ) -> DocumentRow | None:
-        """The document as completed, or None if it was deleted while it was processed."""
+        self,
+        document: DocumentRow,
+        cipher: ContentCipher,
+        payload: str | None,
+        replace: bool = False,
+    ) -> DocumentRow:
+        """The document as completed; LeaseLost when the run lost it meanwhile."""
         project, doc = document.project_id, document.id
         if payload is None:
             payload_ct = await self.store.upload(doc)
@@ -301,14 +448,26 @@ class IngestionPipeline:
             )
             for i, f in enumerate(facts)
         ]
-        refreshed = await self.store.store_chunks(doc, chunk_rows, fact_rows)
+        run = document.attempts
+        refreshed = await self.store.store_chunks(doc, run, chunk_rows, fact_rows, replace=replace)
         if refreshed is None:
-            return None
+            raise LeaseLost  # nothing written: the document is another run's, or deleted
         await index_chunks(self.query, refreshed, chunk_rows, cipher.token)
         stored_bytes = sum(len(r.text_ct) for r in chunk_rows) + sum(
             len(r.statement_ct) for r in fact_rows
         )
-        return await self.store.complete(doc, len(chunk_rows), len(fact_rows), stored_bytes)
+        completed = await self.store.complete(
+            doc,
+            run,
+            len(chunk_rows),
+            len(fact_rows),
+            stored_bytes,
+            self._event(document, crypto_pb2.AUDIT_EVENT_TYPE_DOCUMENT_INGESTED),
+        )
+        if completed is None:
+            await self._unindex_if_abandoned(document)
+            raise LeaseLost
+        return completed
 
     async def _fetch(self, document: DocumentRow, cipher: ContentCipher, url: str) -> str:
         fetched = await self.fetcher.fetch(url)
@@ -322,9 +481,10 @@ class IngestionPipeline:
         title_ct = await cipher.encrypt_one(
             prepared.title.encode(), associated_data("title", document.project_id, document.id)
         )
-        await self.store.set_content(
+        if not await self.store.set_content(
             document, prepared.content_hash, title_ct, len(prepared.text.encode())
-        )
+        ):
+            raise LeaseLost
         return prepared.text
 
     async def _embed(
@@ -358,8 +518,10 @@ class IngestionPipeline:
                 for (_, positions), vector in zip(step, embedded, strict=True):
                     vectors[positions] = vector
                     done += len(positions)
-                if len(steps) > 1:
-                    await self.store.progress(document.id, done, total)
+                if len(steps) > 1 and not await self.store.progress(
+                    document.id, document.attempts, done, total
+                ):
+                    raise LeaseLost
         finally:
             for future in submitted:  # only if this document gave up or failed
                 future.cancel()
@@ -381,15 +543,36 @@ class IngestionPipeline:
             vectors.append((ordered, [merged[i] for i in ordered]))
         return vectors
 
-    async def fail(self, document: DocumentRow, token: str | None, reason: str, code: str) -> None:
-        """Fails the document with `reason` (for its owner, stored encrypted-at-rest free of
-        content); the audit event carries only `code`, never a URL, host or title."""
-        log.info("document %s failed (%s)", document.id, code)
-        await self.store.fail(document.id, reason)
-        await self._unindex(document)
-        await self._audit(
-            document, token, crypto_pb2.AUDIT_EVENT_TYPE_DOCUMENT_FAILED, {"reason": code}
+    async def fail(
+        self, document: DocumentRow, reason: str, code: str, *, lapsed: bool = False
+    ) -> bool:
+        """Fails the run's document with `reason` (for its owner, free of content); the
+        audit event carries only `code`, never a URL, host or title. `lapsed`: only if the
+        run's lease ran out (the reaper). False, and nothing done, when the document is no
+        longer that run's."""
+        failed = await self.store.fail(
+            document.id,
+            document.attempts,
+            reason,
+            lapsed=lapsed,
+            audit=self._event(
+                document, crypto_pb2.AUDIT_EVENT_TYPE_DOCUMENT_FAILED, {"reason": code}
+            ),
         )
+        if not failed:
+            return False
+        log.info("document %s failed (%s)", document.id, code)
+        await self._unindex(document)
+        await self._deliver_audit(document.project_id)
+        return True
+
+    async def _unindex_if_abandoned(self, document: DocumentRow) -> None:
+        """After a run lost its document between indexing and completing: its vectors are
+        removed only if nothing else will own them (the document was deleted or failed);
+        a document another run holds or completed keeps them (the same ids, re-sent)."""
+        current = await self.store.find(document.id)
+        if current is None or current.status == DocumentStatus.FAILED:
+            await self._unindex(document)
 
     async def _unindex(self, document: DocumentRow) -> None:
         try:
@@ -402,29 +585,40 @@ class IngestionPipeline:
         except Exception:  # noqa: BLE001 — a failed clean-up is retried by the next run
             log.warning("could not remove vectors of document %s", document.id)
 
-    async def _audit(
+    def _event(
         self,
         document: DocumentRow,
-        token: str | None,
         event: crypto_pb2.AuditEventType.ValueType,
         attributes: dict[str, str] | None = None,
-    ) -> None:
-        if token is None:
-            log.warning("audit event for document %s not recorded (no token)", document.id)
+    ) -> AuditEvent | None:
+        if not document.audit_grant:
+            # Queued before audit grants existed: there is nothing to sign its event with.
+            log.warning("audit event for document %s not recorded (no audit grant)", document.id)
+            return None
+        return AuditEvent(
+            document.project_id,
+            event,
+            "ingest",
+            document.audit_grant,
+            {"document_id": document.id, **(attributes or {})},
+        )
+
+    async def _deliver_audit(self, project_id: str) -> None:
+        """Delivers the project's recorded events now if this process relays them (they
+        are durable already: a failure here only leaves them to the relay's loop)."""
+        if self.relay is None:
             return
         try:
-            await self.crypto.AppendAuditEvent(
-                crypto_internal_pb2.AppendAuditEventRequest(
-                    project_id=document.project_id,
-                    type=event,
-                    actor="ingest",
-                    attributes={"document_id": document.id, **(attributes or {})},
-                ),
-                metadata=((TOKEN_METADATA_KEY, token),),
-                timeout=10,
-            )
-        except Exception:  # noqa: BLE001 — the document's state is already durable
-            log.warning("audit event for document %s not recorded", document.id)
+            await self.relay.flush(project_id)
+        except Exception:  # noqa: BLE001 — the relay's loop delivers them later
+            log.warning("audit events of project %s left to the relay", project_id)
+
+
+def transient_cause(error: Exception) -> str:
+    """What was unavailable, for the log: "<service> <RPC> <code>" or "database"."""
+    if isinstance(error, Unavailable):
+        return error.cause or "a service UNAVAILABLE"
+    return f"database {type(error).__name__}"
 
 
 def failure_code(error: IngestError) -> str:
@@ -478,7 +672,7 @@ async def index_chunks(
                 for row in batch
             ],
         )
-        async with calling("query"):
+        async with calling("query", "IndexChunks"):
             await query.IndexChunks(request, metadata=((TOKEN_METADATA_KEY, token),), timeout=120)
         sent += len(batch)
     return sent

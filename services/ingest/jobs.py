@@ -18,6 +18,7 @@ from opentelemetry import propagate
 from runtime.background import Periodic
 from runtime.errors import Unavailable
 from services.ingest.ingestion import IngestionPipeline, Result
+from services.ingest.status import DocumentStatus
 from services.ingest.store import DocumentStore
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,11 @@ class JobQueue:
     @property
     def uses_redis(self) -> bool:
         return self.redis_url is not None
+
+    @property
+    def running(self) -> int:
+        """Jobs running in this process (without Redis)."""
+        return len(self._tasks)
 
     def _rq(self) -> Any:
         if self._queue is None:
@@ -134,6 +140,9 @@ class Reaper:
         self._sweeps = Periodic("ingest-reaper", self.sweep, interval)
 
     async def sweep(self) -> int:
+        """Requeues or fails each active document whose lease lapsed. Every change is
+        fenced by the attempt number read here: a document claimed, completed or failed
+        since is left alone."""
         handled = 0
         pipeline = self._pipeline()
         for document in await self.store.stale():
@@ -145,16 +154,16 @@ class Reaper:
                     if document.job_grant
                     else "Processing was interrupted. Try again with RetryDocument."
                 )
-                token = await pipeline.redeem_quietly(document.job_grant)
-                await pipeline.fail(document, token, reason, "interrupted")
+                await pipeline.fail(document, reason, "interrupted", lapsed=True)
                 continue
             attempt = document.attempts + 1
-            if document.status == "queued" and await self.queue.waiting(document.id, attempt):
+            if document.status == DocumentStatus.QUEUED and await self.queue.waiting(
+                document.id, attempt
+            ):
                 # A backlog, not a lost job: pushing it again would only run it twice.
                 await self.store.extend_queued_lease(document.id, pipeline.lease)
                 continue
-            requeued = await self.store.requeue(document.id, pipeline.lease)
-            if requeued is None:
+            if not await self.store.requeue_lapsed(document.id, document.attempts, pipeline.lease):
                 continue
             try:
                 await self.queue.enqueue(document.id, document.job_grant, attempt)

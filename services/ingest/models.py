@@ -24,6 +24,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from runtime.db import NAMING_CONVENTION
+from runtime.outbox import audit_outbox_table
 
 
 class Base(DeclarativeBase):
@@ -35,7 +36,7 @@ class DocumentRow(Base):
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     project_id: Mapped[str] = mapped_column(String(36), index=True)
-    status: Mapped[str] = mapped_column(String(16))  # queued|processing|completed|failed
+    status: Mapped[str] = mapped_column(String(16))  # a DocumentStatus (status.py)
     source_type: Mapped[int] = mapped_column(Integer)
     title_ct: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     source_ct: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
@@ -48,11 +49,17 @@ class DocumentRow(Base):
     chunks_total: Mapped[int] = mapped_column(Integer, default=0)
     text_bytes: Mapped[int] = mapped_column(Integer, default=0)
     stored_bytes: Mapped[int] = mapped_column(Integer, default=0)
+    # The number of the run that holds (or last held) the document: claiming increments it,
+    # and every write of a run is conditioned on it (a fence: see store.py).
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    transient_failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     background: Mapped[int] = mapped_column(Integer, default=0)
     # The job's grant (base64), sealed by crypto: only ingest and its worker can redeem it
     # for the job token, so a reader of this table holds nothing usable. Cleared at the end.
     job_grant: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The audit grant its events are delivered with (crypto-sealed signing key, usable only
+    # by ingest to append this project's audit events: runtime/outbox.py).
+    audit_grant: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     # A queued or processing document whose lease ran out is picked up again (never stuck).
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
@@ -133,3 +140,7 @@ class PurgedProjectRow(Base):
 
     project_id: Mapped[str] = mapped_column(String(36), primary_key=True)
     purged_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+# Audit events recorded with the changes they describe, waiting for the relay.
+AUDIT_OUTBOX = audit_outbox_table(Base.metadata, "ingest_audit_outbox")

@@ -27,13 +27,14 @@ from retrieval.sealing import associated_data
 from runtime.clients import calling
 from runtime.db import as_utc, utcnow
 from runtime.errors import (
+    AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
-    ServiceError,
     Unavailable,
 )
 from runtime.health import Readiness
+from runtime.outbox import AuditEvent, AuditRelay
 from runtime.paging import decode_cursor, encode_cursor, page_size
 from runtime.protos import INGEST_SERVICE, timestamp
 from runtime.tokens import TOKEN_METADATA_KEY, TokenVerifier
@@ -42,19 +43,12 @@ from services.ingest.jobs import JobQueue
 from services.ingest.models import DocumentRow
 from services.ingest.pipeline.errors import IngestError
 from services.ingest.pipeline.fetch import AddressPolicy, resolve_host
+from services.ingest.status import DocumentStatus
 from services.ingest.store import DocumentStore
 
 log = logging.getLogger(__name__)
 JOB_TOKEN_TTL = duration_pb2.Duration(seconds=24 * 3600)
 WATCH_POLL = 0.25
-STATUS_NAMES = {
-    ingest_pb2.DOCUMENT_STATUS_QUEUED: "queued",
-    ingest_pb2.DOCUMENT_STATUS_PROCESSING: "processing",
-    ingest_pb2.DOCUMENT_STATUS_COMPLETED: "completed",
-    ingest_pb2.DOCUMENT_STATUS_FAILED: "failed",
-}
-STATUS_VALUES = {name: value for value, name in STATUS_NAMES.items()}
-TERMINAL = ("completed", "failed")
 
 
 class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
@@ -68,6 +62,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         queue: JobQueue,
         address_policy: AddressPolicy,
         readiness: Readiness,
+        relay: AuditRelay,
     ) -> None:
         self.store = store
         self.crypto = crypto
@@ -77,6 +72,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         self.queue = queue
         self.address_policy = address_policy
         self.readiness = readiness
+        self.relay = relay
 
     # -- steps -------------------------------------------------------------------------
 
@@ -170,16 +166,27 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
 
     async def _issue_job_token(
         self, project_id: str, document_id: str, token: str
-    ) -> tuple[str, str]:
-        """(job token for this run, job grant to store) for one document's job."""
-        async with calling("crypto"):
+    ) -> tuple[str, str, bytes]:
+        """(job token for this run, job grant to store, audit grant to store) for one
+        document's job."""
+        async with calling("crypto", "IssueJobToken"):
             issued = await self.crypto.IssueJobToken(
                 crypto_internal_pb2.IssueJobTokenRequest(
                     project_id=project_id, document_id=document_id, ttl=JOB_TOKEN_TTL
                 ),
                 metadata=((TOKEN_METADATA_KEY, token),),
             )
-        return issued.job_token, base64.b64encode(issued.job_grant).decode()
+        return issued.job_token, base64.b64encode(issued.job_grant).decode(), issued.audit_grant
+
+    async def _issue_audit_grant(self, project_id: str, token: str) -> bytes:
+        """An audit grant for this service; also proves the token is of the project's current
+        keyring generation (a passphrase change ends older tokens)."""
+        async with calling("crypto", "IssueAuditGrant"):
+            issued = await self.crypto.IssueAuditGrant(
+                crypto_internal_pb2.IssueAuditGrantRequest(project_id=project_id),
+                metadata=((TOKEN_METADATA_KEY, token),),
+            )
+        return issued.audit_grant
 
     async def _run_inline(
         self,
@@ -191,10 +198,12 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         """Processes the document now. `known`: its (upload, title, source) in plaintext, when
         the caller has them (then nothing is read back and decrypted)."""
         payload = known[0] if known else None
-        claimed = document if document.status == "processing" else None
-        result = await self.pipeline().process(document.id, job_token, payload, claimed)
+        claimed = document if document.status == DocumentStatus.PROCESSING else None
+        result = await self.pipeline().process(
+            document.id, job_token, payload, claimed, inline=True
+        )
         if result.outcome is Outcome.FAILED and result.error is not None:
-            if result.error.code.name == "ALREADY_EXISTS":
+            if isinstance(result.error, AlreadyExists):
                 await self.store.delete_document(document.project_id, document.id)
             raise result.error
         if result.outcome is Outcome.FAILED:
@@ -228,14 +237,16 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 (source.encode(), associated_data("source", project_id, document_id)),
             ]
         )
-        job_token, job_grant = await self._issue_job_token(project_id, document_id, token)
+        job_token, job_grant, audit_grant = await self._issue_job_token(
+            project_id, document_id, token
+        )
         now = utcnow()
         # An inline run stores the document claimed (processing, first attempt), so the
         # pipeline need not claim it in a transaction of its own.
         document = DocumentRow(
             id=document_id,
             project_id=project_id,
-            status="queued" if request.background else "processing",
+            status=DocumentStatus.QUEUED if request.background else DocumentStatus.PROCESSING,
             source_type=source_type,
             title_ct=title_ct if title else None,
             source_ct=source_ct if source else None,
@@ -244,6 +255,8 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             error="",
             background=int(request.background),
             job_grant=job_grant,
+            audit_grant=audit_grant,
+            transient_failures=0,
             lease_expires_at=now + self.pipeline().lease,
             created_at=now,
             updated_at=now,
@@ -277,7 +290,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         cursor = decode_cursor(request.page_token, "documents", (datetime, str))
         rows, more = await self.store.page(
             request.project_id,
-            STATUS_NAMES.get(request.status),
+            DocumentStatus.from_proto(request.status),
             page_size(request),
             cursor,  # type: ignore[arg-type]
         )
@@ -290,30 +303,37 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         )
 
     async def DeleteDocument(self, request, context):
-        # No key is used below: ask crypto whether the token is still of the current keyring.
-        token = await self._authorize(context, request.project_id, fresh=True)
+        token = await self._authorize(context, request.project_id)
         await self.store.get(request.project_id, request.document_id)
-        async with calling("query"):  # vectors first: never leave them without their rows
+        # Also checks the token is of the current keyring (no key is used below). With crypto
+        # away the call is refused before anything changes.
+        audit_grant = await self._issue_audit_grant(request.project_id, token)
+        async with calling("query", "DeleteDocumentChunks"):
+            # Vectors first: never leave them without their rows.
             await self.query.DeleteDocumentChunks(
                 query_pb2.DeleteDocumentChunksRequest(
                     project_id=request.project_id, document_id=request.document_id
                 )
             )
-        await self.store.delete_document(request.project_id, request.document_id)
-        try:
-            async with calling("crypto"):
-                await self.crypto.AppendAuditEvent(
-                    crypto_internal_pb2.AppendAuditEventRequest(
-                        project_id=request.project_id,
-                        type=crypto_pb2.AUDIT_EVENT_TYPE_DOCUMENT_DELETED,
-                        actor="token-holder",
-                        attributes={"document_id": request.document_id},
-                    ),
-                    metadata=((TOKEN_METADATA_KEY, token),),
-                )
-        except ServiceError:
-            log.warning("audit event for deleted document %s not recorded", request.document_id)
+        await self.store.delete_document(
+            request.project_id,
+            request.document_id,
+            AuditEvent(
+                request.project_id,
+                crypto_pb2.AUDIT_EVENT_TYPE_DOCUMENT_DELETED,
+                "token-holder",
+                audit_grant,
+                {"document_id": request.document_id},
+            ),
+        )
+        await self._deliver_audit(request.project_id)
         return ingest_pb2.DeleteDocumentResponse()
+
+    async def _deliver_audit(self, project_id: str) -> None:
+        try:
+            await self.relay.flush(project_id)
+        except Exception:  # noqa: BLE001 — recorded already; the relay's loop delivers it
+            log.warning("audit events of project %s left to the relay", project_id)
 
     async def WatchDocument(self, request, context):
         token = await self._authorize(context, request.project_id)
@@ -325,22 +345,25 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             if state != last:
                 last = state
                 yield ingest_pb2.WatchDocumentResponse(document=await self._one(cipher, row))
-            if row.status in TERMINAL:
+            if DocumentStatus(row.status).is_terminal:
                 return
             await asyncio.sleep(WATCH_POLL)
 
     async def RetryDocument(self, request, context):
         token = await self._authorize(context, request.project_id)
         row = await self.store.get(request.project_id, request.document_id)
-        if row.status != "failed":
+        if row.status != DocumentStatus.FAILED:
             raise FailedPrecondition(
                 f"Only failed documents can be retried; document {row.id} is {row.status}"
             )
-        job_token, job_grant = await self._issue_job_token(request.project_id, row.id, token)
-        requeued = await self.store.requeue(row.id, self.pipeline().lease, job_grant)
+        job_token, job_grant, audit_grant = await self._issue_job_token(
+            request.project_id, row.id, token
+        )
+        requeued = await self.store.retry(row.id, self.pipeline().lease, job_grant, audit_grant)
         if requeued is None:
             raise FailedPrecondition(
-                f"Document {row.id} cannot be retried: its upload is gone. Ingest it again"
+                f"Document {row.id} cannot be retried: it is no longer failed, or its upload "
+                "is gone (then ingest it again)"
             )
         cipher = ContentCipher(self.crypto, request.project_id, token)
         if request.background:
@@ -387,10 +410,10 @@ class IngestInternalServicer(ingest_internal_pb2_grpc.IngestInternalServiceServi
             found = counts.get(project_id)
             entry = ingest_internal_pb2.ProjectIngestStats(project_id=project_id)
             if found is not None:
-                entry.documents_queued = found.by_status.get("queued", 0)
-                entry.documents_processing = found.by_status.get("processing", 0)
-                entry.documents_completed = found.by_status.get("completed", 0)
-                entry.documents_failed = found.by_status.get("failed", 0)
+                entry.documents_queued = found.by_status.get(DocumentStatus.QUEUED, 0)
+                entry.documents_processing = found.by_status.get(DocumentStatus.PROCESSING, 0)
+                entry.documents_completed = found.by_status.get(DocumentStatus.COMPLETED, 0)
+                entry.documents_failed = found.by_status.get(DocumentStatus.FAILED, 0)
                 entry.chunk_count = found.chunks
                 entry.fact_count = found.facts
                 entry.stored_bytes = found.stored_bytes
@@ -409,7 +432,7 @@ def _message(row: DocumentRow, title: str, source: str) -> ingest_pb2.Document:
     return ingest_pb2.Document(
         id=row.id,
         project_id=row.project_id,
-        status=STATUS_VALUES[row.status],
+        status=DocumentStatus(row.status).to_proto(),
         source_type=row.source_type,
         title=title,
         source=source,
@@ -421,6 +444,7 @@ def _message(row: DocumentRow, title: str, source: str) -> ingest_pb2.Document:
         error=row.error,
         text_bytes=row.text_bytes,
         attempts=row.attempts,
+        transient_failures=row.transient_failures or 0,
         created_at=timestamp(row.created_at),
         updated_at=timestamp(row.updated_at),
         completed_at=timestamp(row.completed_at),

@@ -25,9 +25,19 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from runtime.db import as_utc, utcnow
 from runtime.errors import AlreadyExists, NotFound
-from services.ingest.models import ChunkRow, DocumentRow, FactRow, PurgedProjectRow, UploadRow
+from runtime.outbox import AuditEvent, AuditOutbox
+from services.ingest.models import (
+    AUDIT_OUTBOX,
+    ChunkRow,
+    DocumentRow,
+    FactRow,
+    PurgedProjectRow,
+    UploadRow,
+)
+from services.ingest.status import ACTIVE, DocumentStatus
 
-ACTIVE = ("queued", "processing")
+QUEUED, PROCESSING = DocumentStatus.QUEUED, DocumentStatus.PROCESSING
+COMPLETED, FAILED = DocumentStatus.COMPLETED, DocumentStatus.FAILED
 DOCUMENTS = DocumentRow.__table__
 CHUNK_COLUMNS = [column.key for column in ChunkRow.__table__.columns]
 FACT_COLUMNS = [column.key for column in FactRow.__table__.columns if column.key != "id"]
@@ -44,18 +54,25 @@ _INSERT_UPLOAD = insert(UPLOADS)
 _INSERT_CHUNKS = insert(CHUNKS)
 _INSERT_FACTS = insert(FACTS)
 _FIND = select(DOCUMENTS).where(DOCUMENTS.c.id == bindparam("p_id"))
+# A run's fence: its document is still processing under the attempt number the run claimed.
+# Every write of a run carries it, so a run that lost its lease (and whose document another
+# run claimed, or the reaper requeued or failed) changes nothing.
+_OWN_RUN = (
+    (DOCUMENTS.c.id == bindparam("p_id"))
+    & (DOCUMENTS.c.status == PROCESSING)
+    & (DOCUMENTS.c.attempts == bindparam("p_run"))
+)
 _CLAIM = (
     update(DOCUMENTS)
     .where(
         DOCUMENTS.c.id == bindparam("p_id"),
-        (DOCUMENTS.c.status == "queued")
+        (DOCUMENTS.c.status == QUEUED)
         | (
-            (DOCUMENTS.c.status == "processing")
-            & (DOCUMENTS.c.lease_expires_at < bindparam("p_now"))
+            (DOCUMENTS.c.status == PROCESSING) & (DOCUMENTS.c.lease_expires_at < bindparam("p_now"))
         ),
     )
     .values(
-        status="processing",
+        status=PROCESSING,
         attempts=DOCUMENTS.c.attempts + 1,
         lease_expires_at=bindparam("p_lease"),
         updated_at=bindparam("p_now"),
@@ -65,7 +82,7 @@ _CLAIM = (
 )
 _PROGRESS = (
     update(DOCUMENTS)
-    .where(DOCUMENTS.c.id == bindparam("p_id"))
+    .where(_OWN_RUN)
     .values(
         chunks_embedded=bindparam("p_embedded"),
         chunks_total=bindparam("p_total"),
@@ -77,14 +94,15 @@ _KNOWN = select(CHUNKS.c.text_hash, CHUNKS.c.embedding).where(
     CHUNKS.c.text_hash.in_(bindparam("p_hashes", expanding=True)),
 )
 _LOCK = select(DOCUMENTS).where(DOCUMENTS.c.id == bindparam("p_id")).with_for_update()
+_EXTEND = update(DOCUMENTS).where(_OWN_RUN).values(lease_expires_at=bindparam("p_lease"))
 _DELETE_FACTS = delete(FACTS).where(FACTS.c.document_id == bindparam("p_id"))
 _DELETE_CHUNKS = delete(CHUNKS).where(CHUNKS.c.document_id == bindparam("p_id"))
 _DELETE_UPLOAD = delete(UPLOADS).where(UPLOADS.c.document_id == bindparam("p_id"))
 _COMPLETE = (
     update(DOCUMENTS)
-    .where(DOCUMENTS.c.id == bindparam("p_id"), DOCUMENTS.c.status == "processing")
+    .where(_OWN_RUN)
     .values(
-        status="completed",
+        status=COMPLETED,
         chunk_count=bindparam("p_chunks"),
         fact_count=bindparam("p_facts"),
         chunks_embedded=bindparam("p_chunks"),
@@ -116,6 +134,7 @@ class DocumentStore:
         # them, about 0.25 ms of this process's CPU each, and the database's too.
         self.reads = engine.execution_options(isolation_level="AUTOCOMMIT")
         self.sessions = async_sessionmaker(engine, expire_on_commit=False)
+        self.outbox = AuditOutbox(AUDIT_OUTBOX)
 
     # -- documents ---------------------------------------------------------------------
 
@@ -147,7 +166,7 @@ class DocumentStore:
                 select(DocumentRow.id).where(
                     DocumentRow.project_id == project_id,
                     DocumentRow.content_hash == content_hash,
-                    DocumentRow.status != "failed",
+                    DocumentRow.status != FAILED,
                 )
             )
         if existing is None:  # the other one failed meanwhile: a retry will succeed
@@ -167,7 +186,11 @@ class DocumentStore:
             return _document((await connection.execute(_FIND, {"p_id": document_id})).first())
 
     async def page(
-        self, project_id: str, status: str | None, size: int, after: tuple[datetime, str] | None
+        self,
+        project_id: str,
+        status: DocumentStatus | None,
+        size: int,
+        after: tuple[datetime, str] | None,
     ) -> tuple[list[DocumentRow], bool]:
         """Newest first; `after` is the (created_at, id) of the last document seen."""
         query = select(DocumentRow).where(DocumentRow.project_id == project_id)
@@ -193,7 +216,8 @@ class DocumentStore:
     # -- the status machine ------------------------------------------------------------
 
     async def claim(self, document_id: str, lease: timedelta) -> DocumentRow | None:
-        """queued (or processing with a lapsed lease) → processing; None if not claimable."""
+        """queued (or processing with a lapsed lease) → processing under the next attempt
+        number, which is the run's fence; None if not claimable."""
         now = utcnow()
         async with self.engine.begin() as connection:
             claimed = await connection.execute(
@@ -201,45 +225,51 @@ class DocumentStore:
             )
             return _document(claimed.first())
 
-    async def extend_lease(self, document_id: str, lease: timedelta) -> None:
-        async with self.sessions.begin() as session:
-            await session.execute(
-                update(DocumentRow)
-                .where(DocumentRow.id == document_id, DocumentRow.status == "processing")
-                .values(lease_expires_at=utcnow() + lease)
+    async def extend_lease(self, document_id: str, run: int, lease: timedelta) -> bool:
+        """Extends run `run`'s lease; False when the document is no longer that run's."""
+        async with self.engine.begin() as connection:
+            extended = await connection.execute(
+                _EXTEND, {"p_id": document_id, "p_run": run, "p_lease": utcnow() + lease}
             )
+            return extended.rowcount == 1
 
     async def extend_queued_lease(self, document_id: str, lease: timedelta) -> None:
         """A queued document whose job still waits for a worker keeps its place."""
         async with self.sessions.begin() as session:
             await session.execute(
                 update(DocumentRow)
-                .where(DocumentRow.id == document_id, DocumentRow.status == "queued")
+                .where(DocumentRow.id == document_id, DocumentRow.status == QUEUED)
                 .values(lease_expires_at=utcnow() + lease)
             )
 
     async def set_content(
         self, document: DocumentRow, content_hash: str, title_ct: bytes, text_bytes: int
-    ) -> None:
-        """Records a fetched document's content hash; ALREADY_EXISTS if the project has it."""
+    ) -> bool:
+        """Records a fetched document's content hash (run `document.attempts`); False when
+        the run lost the document, ALREADY_EXISTS if the project has the content."""
         try:
-            async with self.sessions.begin() as session:
-                await session.execute(
-                    update(DocumentRow)
-                    .where(DocumentRow.id == document.id)
+            async with self.engine.begin() as connection:
+                updated = await connection.execute(
+                    update(DOCUMENTS)
+                    .where(_OWN_RUN)
                     .values(
                         content_hash=content_hash,
                         title_ct=title_ct,
                         text_bytes=text_bytes,
                         updated_at=utcnow(),
-                    )
+                    ),
+                    {"p_id": document.id, "p_run": document.attempts},
                 )
+                return updated.rowcount == 1
         except IntegrityError:
             raise await self._duplicate_error(document.project_id, content_hash) from None
 
-    async def progress(self, document_id: str, embedded: int, total: int) -> None:
+    async def progress(self, document_id: str, run: int, embedded: int, total: int) -> bool:
         async with self.engine.begin() as connection:
-            await connection.execute(_PROGRESS, _progress(document_id, embedded, total))
+            updated = await connection.execute(
+                _PROGRESS, _progress(document_id, run, embedded, total)
+            )
+            return updated.rowcount == 1
 
     async def start_embedding(
         self, document: DocumentRow, hashes: Sequence[str], total: int, *, record: bool = True
@@ -257,19 +287,28 @@ class DocumentStore:
                 found.update({h: e for h, e in rows.all()})
             if record:
                 embedded = sum(1 for h in hashes if h in found)
-                await connection.execute(_PROGRESS, _progress(document.id, embedded, total))
+                await connection.execute(
+                    _PROGRESS, _progress(document.id, document.attempts, embedded, total)
+                )
         return found
 
     async def store_chunks(
-        self, document_id: str, chunks: Sequence[ChunkRow], facts: Sequence[FactRow]
+        self,
+        document_id: str,
+        run: int,
+        chunks: Sequence[ChunkRow],
+        facts: Sequence[FactRow],
+        *,
+        replace: bool = False,
     ) -> DocumentRow | None:
         """Replaces the document's chunks and facts in one transaction (re-runs never
-        duplicate); the document as it is now. None if it was deleted meanwhile."""
+        duplicate); the document as it is now. None if the document is no longer run
+        `run`'s (deleted, or requeued and claimed by another run): nothing is written."""
         async with self.engine.begin() as connection:
             document = _document((await connection.execute(_LOCK, {"p_id": document_id})).first())
-            if document is None or document.status != "processing":
+            if document is None or document.status != PROCESSING or document.attempts != run:
                 return None
-            if document.attempts > 1:  # an earlier run may have stored some
+            if replace or document.attempts > 1:  # an earlier pass may have stored some
                 await connection.execute(_DELETE_FACTS, {"p_id": document_id})
                 await connection.execute(_DELETE_CHUNKS, {"p_id": document_id})
             if chunks:
@@ -279,11 +318,19 @@ class DocumentStore:
         return document
 
     async def complete(
-        self, document_id: str, chunk_count: int, fact_count: int, stored_bytes: int
+        self,
+        document_id: str,
+        run: int,
+        chunk_count: int,
+        fact_count: int,
+        stored_bytes: int,
+        audit: AuditEvent | None = None,
     ) -> DocumentRow | None:
-        """processing → completed; the completed document, or None if it is gone."""
+        """processing → completed, with its audit event in the same transaction; the
+        completed document, or None if it is no longer run `run`'s."""
         parameters = {
             "p_id": document_id,
+            "p_run": run,
             "p_chunks": chunk_count,
             "p_facts": fact_count,
             "p_bytes": stored_bytes,
@@ -291,19 +338,40 @@ class DocumentStore:
         }
         async with self.engine.begin() as connection:
             document = _document((await connection.execute(_COMPLETE, parameters)).first())
+            if document is None:
+                return None
             await connection.execute(_DELETE_UPLOAD, {"p_id": document_id})
+            if audit is not None:
+                await self.outbox.record(connection, audit)
             return document
 
-    async def fail(self, document_id: str, reason: str) -> None:
-        """→ failed with a reason; the upload stays so RetryDocument can run it again."""
-        async with self.sessions.begin() as session:
-            await session.execute(delete(FactRow).where(FactRow.document_id == document_id))
-            await session.execute(delete(ChunkRow).where(ChunkRow.document_id == document_id))
-            await session.execute(
-                update(DocumentRow)
-                .where(DocumentRow.id == document_id, DocumentRow.status.in_(ACTIVE))
+    async def fail(
+        self,
+        document_id: str,
+        run: int,
+        reason: str,
+        *,
+        lapsed: bool = False,
+        audit: AuditEvent | None = None,
+    ) -> bool:
+        """Run `run`'s document → failed with a reason (the upload stays so RetryDocument can
+        run it again) and its chunks and facts removed, with its audit event, in one
+        transaction. `lapsed`: only if the run's lease ran out (the reaper). False, and
+        nothing changed, when the document is no longer that run's: a completed document
+        (or another run's) keeps its chunks."""
+        conditions = [
+            DOCUMENTS.c.id == document_id,
+            DOCUMENTS.c.status.in_(ACTIVE),
+            DOCUMENTS.c.attempts == run,
+        ]
+        if lapsed:
+            conditions.append(DOCUMENTS.c.lease_expires_at < utcnow())
+        async with self.engine.begin() as connection:
+            failed = await connection.execute(
+                update(DOCUMENTS)
+                .where(*conditions)
                 .values(
-                    status="failed",
+                    status=FAILED,
                     error=reason,
                     job_grant=None,
                     lease_expires_at=None,
@@ -312,23 +380,86 @@ class DocumentStore:
                     updated_at=utcnow(),
                 )
             )
+            if failed.rowcount != 1:
+                return False
+            await connection.execute(_DELETE_FACTS, {"p_id": document_id})
+            await connection.execute(_DELETE_CHUNKS, {"p_id": document_id})
+            if audit is not None:
+                await self.outbox.record(connection, audit)
+        return True
 
-    async def requeue(
-        self, document_id: str, lease: timedelta, job_grant: str | None = None
+    async def release(self, document_id: str, run: int, backoff: timedelta) -> bool:
+        """Run `run` gives its document back after transient failures: queued again, due
+        for the reaper after `backoff`. False when it was no longer the run's."""
+        now = utcnow()
+        async with self.engine.begin() as connection:
+            released = await connection.execute(
+                update(DOCUMENTS)
+                .where(_OWN_RUN)
+                .values(status=QUEUED, lease_expires_at=now + backoff, updated_at=now),
+                {"p_id": document_id, "p_run": run},
+            )
+            return released.rowcount == 1
+
+    async def count_transient(self, document_id: str, run: int) -> int | None:
+        """Counts one transient failure of run `run` on its document; the document's count,
+        or None when it is no longer the run's."""
+        async with self.engine.begin() as connection:
+            counted = await connection.execute(
+                update(DOCUMENTS)
+                .where(_OWN_RUN)
+                .values(transient_failures=DOCUMENTS.c.transient_failures + 1, updated_at=utcnow())
+                .returning(DOCUMENTS.c.transient_failures),
+                {"p_id": document_id, "p_run": run},
+            )
+            return counted.scalar()
+
+    async def requeue_lapsed(self, document_id: str, run: int, lease: timedelta) -> bool:
+        """The reaper's requeue: only a document still active under attempt `run` whose
+        lease ran out is queued again (a live run, or a finished one, is left alone)."""
+        now = utcnow()
+        values: dict[str, object] = {
+            "status": QUEUED,
+            "error": "",
+            "lease_expires_at": now + lease,
+            "updated_at": now,
+            "chunks_embedded": 0,
+        }
+        async with self.engine.begin() as connection:
+            document = _document((await connection.execute(_LOCK, {"p_id": document_id})).first())
+            if (
+                document is None
+                or document.status not in ACTIVE
+                or document.attempts != run
+                or document.lease_expires_at is None
+                or as_utc(document.lease_expires_at) >= now
+            ):
+                return False
+            if document.source_type == 1:  # URL: the hash is known again after the fetch
+                values["content_hash"] = None
+            await connection.execute(
+                update(DOCUMENTS).where(DOCUMENTS.c.id == document_id).values(**values)
+            )
+            return True
+
+    async def retry(
+        self, document_id: str, lease: timedelta, job_grant: str, audit_grant: bytes
     ) -> DocumentRow | None:
-        """failed (RetryDocument) or stale → queued. None if the document is not retryable."""
+        """failed → queued (RetryDocument). None if it is not failed or its upload is gone."""
         now = utcnow()
         async with self.sessions.begin() as session:
             document = await session.get(DocumentRow, document_id, with_for_update=True)
-            if document is None or await session.get(UploadRow, document_id) is None:
+            if document is None or document.status != FAILED:
                 return None
-            document.status = "queued"
+            if await session.get(UploadRow, document_id) is None:
+                return None
+            document.status = QUEUED
             document.error = ""
             document.lease_expires_at = now + lease
             document.updated_at = now
             document.chunks_embedded = 0
-            if job_grant is not None:
-                document.job_grant = job_grant
+            document.job_grant = job_grant
+            document.audit_grant = audit_grant
             if document.source_type == 1:  # URL: the hash is known again after the fetch
                 document.content_hash = None
             return document
@@ -343,12 +474,17 @@ class DocumentStore:
             )
             return list(rows.all())
 
-    async def delete_document(self, project_id: str, document_id: str) -> None:
+    async def delete_document(
+        self, project_id: str, document_id: str, audit: AuditEvent | None = None
+    ) -> None:
+        """Deletes the document and its rows, with its audit event, in one transaction."""
         async with self.sessions.begin() as session:
             document = await session.get(DocumentRow, document_id, with_for_update=True)
             if document is None or document.project_id != project_id:
                 raise NotFound(f"Document {document_id} not found in project {project_id}")
             await _delete_documents(session, [document_id])
+            if audit is not None:
+                await self.outbox.record(await session.connection(), audit)
 
     async def purge(self, project_id: str) -> int:
         async with self.sessions.begin() as session:
@@ -373,7 +509,7 @@ class DocumentStore:
         query = (
             select(ChunkRow)
             .join(DocumentRow, DocumentRow.id == ChunkRow.document_id)
-            .where(ChunkRow.project_id == project_id, DocumentRow.status == "completed")
+            .where(ChunkRow.project_id == project_id, DocumentRow.status == COMPLETED)
             .order_by(ChunkRow.document_id, ChunkRow.chunk_index)
         )
         if document_id is not None:
@@ -421,8 +557,14 @@ def _document(row: Row | None) -> DocumentRow | None:
     return None if row is None else DocumentRow(**row._mapping)
 
 
-def _progress(document_id: str, embedded: int, total: int) -> dict[str, object]:
-    return {"p_id": document_id, "p_embedded": embedded, "p_total": total, "p_now": utcnow()}
+def _progress(document_id: str, run: int, embedded: int, total: int) -> dict[str, object]:
+    return {
+        "p_id": document_id,
+        "p_run": run,
+        "p_embedded": embedded,
+        "p_total": total,
+        "p_now": utcnow(),
+    }
 
 
 def _values(rows: Sequence[ChunkRow] | Sequence[FactRow], columns: list[str]) -> list[dict]:
