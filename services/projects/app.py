@@ -11,6 +11,7 @@ from runtime.clients import grpc_dependency, open_channel
 from runtime.config import ServiceName, Settings
 from runtime.db import create_engine, database_dependency, database_url, upgrade_async
 from runtime.health import Dependency
+from runtime.outbox import AuditRelay
 from runtime.protos import CRYPTO_SERVICE, INGEST_SERVICE, PROJECT_SERVICE, QUERY_SERVICE
 from runtime.server import ServiceApp
 from runtime.tokens import TokenVerifier
@@ -45,6 +46,13 @@ class ProjectsApp(ServiceApp):
         self.query = query_pb2_grpc.QueryInternalServiceStub(self.channels["query"])
         self.tokens = TokenVerifier(self.crypto)
         self.tokens.start()
+        self.relay = AuditRelay(
+            self.engine,
+            self.store.outbox,
+            self.crypto,
+            interval=self.settings.audit_relay_interval,
+        )
+        self.relay.start()
         self.deletion = ProjectDeletion(self.store, self.ingest, self.query)
         self.deletion.start()
         self.redis = (
@@ -60,6 +68,7 @@ class ProjectsApp(ServiceApp):
     async def stop(self) -> None:
         await self.tokens.stop()
         await self.deletion.stop()
+        await self.relay.stop()
         for channel in self.channels.values():
             await channel.close()
         if self.redis is not None:
@@ -83,5 +92,6 @@ class ProjectsApp(ServiceApp):
             self.deletion,
             self.attempts,
             self.readiness,
+            self.relay,
         )
         projects_pb2_grpc.add_ProjectServiceServicer_to_server(servicer, server)

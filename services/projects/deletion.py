@@ -1,7 +1,8 @@
 """ProjectDeletion: removes a project from every service, durably and by retrying.
 
-DeleteProject appends the audit event with the caller's token, then records the deletion
-(and marks the project `deleting`) in one transaction — no token is kept — then carries out
+DeleteProject records the deletion (and marks the project `deleting`) with its audit event
+in one transaction — the event waits in the outbox for crypto, signed under the audit grant of
+the project's latest unlock; no token is kept — then carries out
 the steps — ingest purge (documents, chunks, facts), index purge (vectors) — and finally
 removes the project row with its keyring.
 A step that fails (a service down) is retried with backoff by a background loop until it

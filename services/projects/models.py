@@ -6,12 +6,19 @@ decrypt content without the passphrase.
 
 from __future__ import annotations
 
+import enum
 from datetime import datetime
 
 from sqlalchemy import DateTime, Index, Integer, LargeBinary, MetaData, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from runtime.db import NAMING_CONVENTION
+from runtime.outbox import audit_outbox_table
+
+
+class ProjectState(enum.StrEnum):
+    ACTIVE = "active"
+    DELETING = "deleting"  # DeleteProject accepted; its steps are being carried out
 
 
 class Base(DeclarativeBase):
@@ -24,7 +31,7 @@ class ProjectRow(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
     description: Mapped[str] = mapped_column(Text, default="")
-    state: Mapped[str] = mapped_column(String(16), default="active")
+    state: Mapped[str] = mapped_column(String(16), default=ProjectState.ACTIVE)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     salt: Mapped[bytes] = mapped_column(LargeBinary(16))
@@ -34,6 +41,10 @@ class ProjectRow(Base):
     keyring_version: Mapped[int] = mapped_column(Integer, default=1)
     # Wrong passphrases given since the last successful unlock: audited (as a count) then.
     failed_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # The audit grant of the project's latest unlock (crypto-sealed signing key, usable only
+    # by this service to append the project's audit events: runtime/outbox.py). It lets a
+    # change be recorded with its event while crypto is away.
+    audit_grant: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
 
     __table_args__ = (Index("ix_projects_created_id", "created_at", "id"),)
 
@@ -52,3 +63,7 @@ class ProjectDeletionRow(Base):
     sealed_token: Mapped[str | None] = mapped_column(Text, nullable=True)
     next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+# Audit events recorded with the changes they describe, waiting for the relay.
+AUDIT_OUTBOX = audit_outbox_table(Base.metadata, "project_audit_outbox")

@@ -19,14 +19,15 @@ from contextcache.v1 import crypto_pb2, projects_pb2, projects_pb2_grpc
 from runtime.callers import client_address
 from runtime.clients import calling
 from runtime.db import as_utc, utcnow
-from runtime.errors import InvalidArgument, PermissionDenied
+from runtime.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from runtime.health import Readiness
+from runtime.outbox import AuditRelay
 from runtime.paging import decode_cursor, encode_cursor, page_size
 from runtime.protos import PROJECT_SERVICE, timestamp
-from runtime.tokens import TOKEN_METADATA_KEY, TokenVerifier
+from runtime.tokens import TOKEN_ENDED, TOKEN_METADATA_KEY, TokenVerifier, decode, read_claims
 from services.projects.attempts import PassphraseAttempts
 from services.projects.deletion import ProjectDeletion
-from services.projects.models import ProjectRow
+from services.projects.models import ProjectRow, ProjectState
 from services.projects.store import ProjectStore, new_project_id
 
 log = logging.getLogger(__name__)
@@ -70,9 +71,18 @@ def to_proto(
         ),
         fact_count=stats.fact_count if stats else 0,
         state=projects_pb2.Project.STATE_ACTIVE
-        if row.state == "active"
+        if row.state == ProjectState.ACTIVE
         else projects_pb2.Project.STATE_DELETING,
     )
+
+
+def current_generation(row: ProjectRow, token: str) -> None:
+    """Refuses a token issued before the project's latest passphrase change, offline: this
+    service stores the keyring, whose generation is never behind crypto's registry (the new
+    keyring is stored before it is opened), so no call to crypto is needed."""
+    keyring = crypto_internal_pb2.Keyring.FromString(row.keyring)
+    if read_claims(decode(token)).generation < keyring.generation:
+        raise Unauthenticated(TOKEN_ENDED)
 
 
 class ProjectServicer(projects_pb2_grpc.ProjectServiceServicer):
@@ -85,6 +95,7 @@ class ProjectServicer(projects_pb2_grpc.ProjectServiceServicer):
         deletion: ProjectDeletion,
         attempts: PassphraseAttempts,
         readiness: Readiness,
+        relay: AuditRelay,
     ) -> None:
         self.store = store
         self.crypto = crypto
@@ -93,32 +104,32 @@ class ProjectServicer(projects_pb2_grpc.ProjectServiceServicer):
         self.deletion = deletion
         self.attempts = attempts
         self.readiness = readiness
+        self.relay = relay
 
     # -- helpers: each one step of an RPC's story --------------------------------------
 
-    async def _audit(
-        self,
-        project_id: str,
-        token: str,
-        event: crypto_pb2.AuditEventType.ValueType,
-        attributes: dict[str, str] | None = None,
-    ) -> None:
-        async with calling("crypto"):
-            await self.crypto.AppendAuditEvent(
-                crypto_internal_pb2.AppendAuditEventRequest(
-                    project_id=project_id,
-                    type=event,
-                    actor="token-holder",
-                    attributes=attributes or {},
-                ),
+    async def _issue_audit_grant(self, project_id: str, token: str) -> bytes:
+        """A fresh audit grant (for a project whose latest unlock left none)."""
+        async with calling("crypto", "IssueAuditGrant"):
+            issued = await self.crypto.IssueAuditGrant(
+                crypto_internal_pb2.IssueAuditGrantRequest(project_id=project_id),
                 metadata=((TOKEN_METADATA_KEY, token),),
             )
+        return issued.audit_grant
+
+    async def _deliver_audit(self, project_id: str) -> None:
+        """Delivers the events just recorded (durable already: a failure here only leaves
+        them to the relay's loop, which retries until crypto takes them)."""
+        try:
+            await self.relay.flush(project_id)
+        except Exception:  # noqa: BLE001 — the relay's loop delivers them later
+            log.warning("audit events of project %s left to the relay", project_id)
 
     async def _open(
         self, row: ProjectRow, passphrase: str, ttl: duration_pb2.Duration | None = None
     ) -> crypto_internal_pb2.OpenKeyringResponse:
         keyring = crypto_internal_pb2.Keyring.FromString(row.keyring)
-        async with calling("crypto"):
+        async with calling("crypto", "OpenKeyring"):
             return await self.crypto.OpenKeyring(
                 crypto_internal_pb2.OpenKeyringRequest(
                     project_id=row.id, keyring=keyring, passphrase=passphrase, ttl=ttl
@@ -136,15 +147,6 @@ class ProjectServicer(projects_pb2_grpc.ProjectServiceServicer):
             raise
         await self.attempts.give_back(taken)
         return result
-
-    async def _audit_failed_attempts(self, row: ProjectRow, token: str) -> None:
-        """Wrong passphrases since the last unlock become one event (a count, no guess)."""
-        failed = (await self.store.get(row.id)).failed_attempts
-        if failed:
-            await self._audit(
-                row.id, token, crypto_pb2.AUDIT_EVENT_TYPE_UNLOCK_FAILED, {"count": str(failed)}
-            )
-            await self.store.forget_failed_attempts(row.id, failed)
 
     async def _stats(self, project_ids: list[str]) -> dict[str, ingest_pb2.ProjectIngestStats]:
         """Counts from the ingest service; empty (zeros) while it cannot answer."""
@@ -176,7 +178,7 @@ class ProjectServicer(projects_pb2_grpc.ProjectServiceServicer):
             id=project_id,
             name=name,
             description=request.description.strip(),
-            state="active",
+            state=ProjectState.ACTIVE,
             created_at=now,
             updated_at=now,
             salt=keyring.salt,
@@ -185,14 +187,9 @@ class ProjectServicer(projects_pb2_grpc.ProjectServiceServicer):
             keyring_version=1,
         )
         opened = await self._open(row, request.passphrase, AUDIT_TOKEN_TTL)
-        await self.store.insert(row)
-        try:
-            await self._audit(
-                project_id, opened.unlock_token, crypto_pb2.AUDIT_EVENT_TYPE_PROJECT_CREATED
-            )
-        except Exception:
-            await self.store.remove(project_id)  # no project without its creation event
-            raise
+        row.audit_grant = opened.audit_grant
+        await self.store.insert(row)  # with its creation event
+        await self._deliver_audit(project_id)
         return projects_pb2.CreateProjectResponse(project=to_proto(row))
 
     async def GetProject(self, request, context):
@@ -221,13 +218,10 @@ class ProjectServicer(projects_pb2_grpc.ProjectServiceServicer):
             fields["description"] = request.project.description.strip()
         await self.store.get(request.project_id)
         token = await self.tokens.authorize(context, request.project_id, fresh=True)
-        row = await self.store.update_fields(request.project_id, **fields)
-        await self._audit(
-            row.id,
-            token,
-            crypto_pb2.AUDIT_EVENT_TYPE_PROJECT_UPDATED,
-            {"fields": ",".join(sorted(fields))},
+        row = await self.store.update_fields(
+            request.project_id, await self._grant_if_missing(request.project_id, token), **fields
         )
+        await self._deliver_audit(row.id)
         stats = await self._stats([row.id])
         return projects_pb2.UpdateProjectResponse(project=to_proto(row, stats.get(row.id)))
 
@@ -235,8 +229,10 @@ class ProjectServicer(projects_pb2_grpc.ProjectServiceServicer):
         row = await self.store.get(request.project_id)
         ttl = request.ttl if request.HasField("ttl") else None
         opened = await self._guarded(context, row, lambda: self._open(row, request.passphrase, ttl))
-        await self._audit_failed_attempts(row, opened.unlock_token)
-        await self._audit(row.id, opened.unlock_token, crypto_pb2.AUDIT_EVENT_TYPE_PROJECT_UNLOCKED)
+        await self.store.record_unlock(
+            row.id, opened.audit_grant, crypto_pb2.AUDIT_EVENT_TYPE_PROJECT_UNLOCKED
+        )
+        await self._deliver_audit(row.id)
         return projects_pb2.UnlockProjectResponse(
             unlock_token=opened.unlock_token, expires_at=opened.expires_at
         )
@@ -263,10 +259,10 @@ class ProjectServicer(projects_pb2_grpc.ProjectServiceServicer):
         # Opening the new keyring makes it the project's current generation at crypto: every
         # token issued before this change is refused from here on.
         opened = await self._open(row, request.new_passphrase, AUDIT_TOKEN_TTL)
-        await self._audit_failed_attempts(row, opened.unlock_token)
-        await self._audit(
-            row.id, opened.unlock_token, crypto_pb2.AUDIT_EVENT_TYPE_PASSPHRASE_CHANGED
+        await self.store.record_unlock(
+            row.id, opened.audit_grant, crypto_pb2.AUDIT_EVENT_TYPE_PASSPHRASE_CHANGED
         )
+        await self._deliver_audit(row.id)
         stats = await self._stats([row.id])
         return projects_pb2.ChangePassphraseResponse(project=to_proto(row, stats.get(row.id)))
 
@@ -275,13 +271,23 @@ class ProjectServicer(projects_pb2_grpc.ProjectServiceServicer):
         token = await self.tokens.authorize(context, project_id)
         recorded = await self.store.deletion(project_id)
         if recorded is None:
-            await self.store.get(project_id)
-            # Audited first, with the caller's token (crypto refuses a token older than the
-            # project's keyring): the deletion record then keeps no token.
-            await self._audit(project_id, token, crypto_pb2.AUDIT_EVENT_TYPE_PROJECT_DELETED)
-            await self.store.begin_deletion(project_id)
+            row = await self.store.get(project_id)
+            current_generation(row, token)
+            # The deletion is recorded with its event, signed under the grant of the
+            # project's latest unlock: with crypto away the event waits in the outbox.
+            await self.store.begin_deletion(
+                project_id, await self._grant_if_missing(project_id, token)
+            )
+            await self._deliver_audit(project_id)
         completed = await self.deletion.carry_out(project_id)
         return projects_pb2.DeleteProjectResponse(completed=completed)
+
+    async def _grant_if_missing(self, project_id: str, token: str) -> bytes | None:
+        """None when the project keeps an audit grant (from its latest unlock, which any live
+        token postdates); else one from crypto (projects unlocked before grants existed)."""
+        if (await self.store.get(project_id)).audit_grant:
+            return None
+        return await self._issue_audit_grant(project_id, token)
 
     async def GetProjectStats(self, request, context):
         row = await self.store.get(request.project_id, include_deleting=True)

@@ -1,4 +1,8 @@
-"""ProjectStore: the project service's rows, read and written through SQLAlchemy."""
+"""ProjectStore: the project service's rows, read and written through SQLAlchemy.
+
+Every change that is audited records its event in the same transaction (runtime/outbox.py),
+so a change is never kept without its event, nor an event without its change.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +11,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import delete, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from contextcache.v1 import crypto_pb2
 from runtime.db import utcnow
 from runtime.errors import Aborted, NotFound
-from services.projects.models import ProjectDeletionRow, ProjectRow
+from runtime.outbox import AuditEvent, AuditOutbox
+from services.projects.models import AUDIT_OUTBOX, ProjectDeletionRow, ProjectRow, ProjectState
+
+ACTOR = "token-holder"
 
 
 @dataclass(frozen=True)
@@ -24,16 +32,29 @@ class Page:
 class ProjectStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self.sessions = async_sessionmaker(engine, expire_on_commit=False)
+        self.outbox = AuditOutbox(AUDIT_OUTBOX)
+
+    async def _record(self, session: AsyncSession, event: AuditEvent) -> None:
+        await self.outbox.record(await session.connection(), event)
 
     async def insert(self, row: ProjectRow) -> ProjectRow:
+        """Stores a new project (with its audit grant) and its creation event."""
+        assert row.audit_grant is not None
         async with self.sessions.begin() as session:
             session.add(row)
+            await session.flush()
+            await self._record(
+                session,
+                AuditEvent(
+                    row.id, crypto_pb2.AUDIT_EVENT_TYPE_PROJECT_CREATED, ACTOR, row.audit_grant
+                ),
+            )
         return row
 
     async def get(self, project_id: str, include_deleting: bool = False) -> ProjectRow:
         async with self.sessions() as session:
             row = await session.get(ProjectRow, project_id)
-        if row is None or (row.state != "active" and not include_deleting):
+        if row is None or (row.state != ProjectState.ACTIVE and not include_deleting):
             raise NotFound(f"Project {project_id} not found")
         return row
 
@@ -52,15 +73,52 @@ class ProjectStore:
         rows = rows[:size]
         return Page(rows, rows[-1] if rows else None, more)
 
-    async def update_fields(self, project_id: str, **fields: str) -> ProjectRow:
+    async def update_fields(
+        self, project_id: str, audit_grant: bytes | None, **fields: str
+    ) -> ProjectRow:
+        """Updates the fields, with the PROJECT_UPDATED event signed under `audit_grant` (or
+        the grant of the project's latest unlock)."""
         async with self.sessions.begin() as session:
             row = await session.get(ProjectRow, project_id, with_for_update=True)
-            if row is None or row.state != "active":
+            if row is None or row.state != ProjectState.ACTIVE:
                 raise NotFound(f"Project {project_id} not found")
             for name, value in fields.items():
                 setattr(row, name, value)
             row.updated_at = utcnow()
+            await self._record(
+                session,
+                AuditEvent(
+                    project_id,
+                    crypto_pb2.AUDIT_EVENT_TYPE_PROJECT_UPDATED,
+                    ACTOR,
+                    _grant(row, audit_grant),
+                    {"fields": ",".join(sorted(fields))},
+                ),
+            )
         return row
+
+    async def record_unlock(self, project_id: str, audit_grant: bytes, event_type: int) -> None:
+        """After a keyring was opened (an unlock or a passphrase change, `event_type`): keeps
+        the new audit grant and records the wrong passphrases since the last unlock (one
+        event, a count, never a guess) and the event, in one transaction."""
+        async with self.sessions.begin() as session:
+            row = await session.get(ProjectRow, project_id, with_for_update=True)
+            if row is None:
+                raise NotFound(f"Project {project_id} not found")
+            row.audit_grant = audit_grant
+            if row.failed_attempts:
+                await self._record(
+                    session,
+                    AuditEvent(
+                        project_id,
+                        crypto_pb2.AUDIT_EVENT_TYPE_UNLOCK_FAILED,
+                        ACTOR,
+                        audit_grant,
+                        {"count": str(row.failed_attempts)},
+                    ),
+                )
+                row.failed_attempts = 0
+            await self._record(session, AuditEvent(project_id, event_type, ACTOR, audit_grant))
 
     async def replace_keyring(self, project_id: str, expected_version: int, keyring: bytes) -> None:
         """Stores a re-wrapped keyring unless another change got there first."""
@@ -70,7 +128,7 @@ class ProjectStore:
                 .where(
                     ProjectRow.id == project_id,
                     ProjectRow.keyring_version == expected_version,
-                    ProjectRow.state == "active",
+                    ProjectRow.state == ProjectState.ACTIVE,
                 )
                 .values(keyring=keyring, keyring_version=expected_version + 1, updated_at=utcnow())
             )
@@ -91,19 +149,12 @@ class ProjectStore:
                 .values(failed_attempts=ProjectRow.failed_attempts + 1)
             )
 
-    async def forget_failed_attempts(self, project_id: str, count: int) -> None:
-        """Takes `count` audited attempts off the counter (others may have come since)."""
-        async with self.sessions.begin() as session:
-            await session.execute(
-                update(ProjectRow)
-                .where(ProjectRow.id == project_id)
-                .values(failed_attempts=ProjectRow.failed_attempts - count)
-            )
-
     # Deletions: recorded durably first, then carried out (and retried) step by step.
 
-    async def begin_deletion(self, project_id: str) -> bool:
-        """Marks the project deleting and records the deletion; False if already recorded."""
+    async def begin_deletion(self, project_id: str, audit_grant: bytes | None) -> bool:
+        """Marks the project deleting and records the deletion with its PROJECT_DELETED
+        event (signed under `audit_grant`, or the grant of the project's latest unlock);
+        False if already recorded."""
         async with self.sessions.begin() as session:
             row = await session.get(ProjectRow, project_id, with_for_update=True)
             existing = await session.get(ProjectDeletionRow, project_id)
@@ -111,7 +162,7 @@ class ProjectStore:
                 return False
             if row is None:
                 raise NotFound(f"Project {project_id} not found")
-            row.state = "deleting"
+            row.state = ProjectState.DELETING
             row.updated_at = utcnow()
             now = utcnow()
             session.add(
@@ -123,6 +174,15 @@ class ProjectStore:
                     steps_done="",
                     attempts=0,
                 )
+            )
+            await self._record(
+                session,
+                AuditEvent(
+                    project_id,
+                    crypto_pb2.AUDIT_EVENT_TYPE_PROJECT_DELETED,
+                    ACTOR,
+                    _grant(row, audit_grant),
+                ),
             )
         return True
 
@@ -164,6 +224,13 @@ class ProjectStore:
             if row is not None:
                 row.completed_at = utcnow()
                 row.sealed_token = None
+
+
+def _grant(row: ProjectRow, given: bytes | None) -> bytes:
+    grant = given or row.audit_grant
+    if grant is None:  # the servicer asks crypto for one when the project has none
+        raise ValueError(f"project {row.id} has no audit grant")
+    return grant
 
 
 def new_project_id() -> str:

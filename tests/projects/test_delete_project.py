@@ -1,7 +1,8 @@
 """DeleteProject removes a project everywhere — also when a service it needs is down when
 the call is made: the deletion is recorded first and completed by retrying. The deletion's
-audit event is appended first, with the caller's token (no token is kept at rest), so with
-crypto down the call is refused as UNAVAILABLE and nothing changes until it is back."""
+audit event is recorded with it (the projects service's outbox, signed under the audit grant
+of the project's latest unlock: no token is kept at rest), so with crypto down the deletion
+goes ahead and its event reaches the audit chain, in order, once crypto is back."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ import grpc
 import pytest
 from sqlalchemy import func, select
 
-from contextcache.v1 import ingest_pb2, projects_pb2, query_pb2
+from contextcache.v1 import crypto_pb2, ingest_pb2, projects_pb2, query_pb2
 from services.ingest.models import ChunkRow, DocumentRow, FactRow, UploadRow
-from tests.conftest import eventually, new_project, running_stack
+from tests.conftest import PASSPHRASE, eventually, new_project, running_stack
 
 BODY = (
     "Basalt is an igneous rock formed from the rapid cooling of lava. "
@@ -55,35 +56,72 @@ async def gone(stack, project_id: str) -> bool:
     return False
 
 
-async def test_delete_with_crypto_down_changes_nothing_and_works_once_it_is_back(
+async def audit_events(stack, project_id: str, token) -> list[crypto_pb2.AuditEvent]:
+    return list(
+        (
+            await stack.crypto.ListAuditEvents(
+                crypto_pb2.ListAuditEventsRequest(project_id=project_id, page_size=100),
+                metadata=token,
+            )
+        ).events
+    )
+
+
+async def test_delete_with_crypto_down_completes_and_its_event_arrives_once_crypto_is_back(
     make_settings, database
 ):
     async with running_stack(make_settings, database_url=database) as stack:
         project, token = await populated_project(stack)
+        before = [e.type for e in await audit_events(stack, project.id, token)]
+        await stack.stop_service("crypto")
+        accepted = await stack.projects.DeleteProject(
+            projects_pb2.DeleteProjectRequest(project_id=project.id), metadata=token
+        )
+        assert accepted.completed  # ingest and query need no crypto to purge
+        assert await gone(stack, project.id)
+        assert await rows_of(stack, project.id) == 0
+        pending = stack.app("projects").store.outbox
+        assert await pending.pending(stack.app("projects").engine, project.id) == 1
+
+        await stack.start_service("crypto")
+
+        async def delivered() -> bool:
+            events = await audit_events(stack, project.id, token)
+            return bool(events) and events[-1].type == crypto_pb2.AUDIT_EVENT_TYPE_PROJECT_DELETED
+
+        await eventually(delivered, timeout=30, every=0.5)
+        events = await audit_events(stack, project.id, token)
+        assert [e.type for e in events] == [*before, crypto_pb2.AUDIT_EVENT_TYPE_PROJECT_DELETED]
+        assert [e.seq for e in events] == list(range(1, len(events) + 1))
+        verified = await stack.crypto.VerifyAuditChain(
+            crypto_pb2.VerifyAuditChainRequest(project_id=project.id, public_key=project.public_key)
+        )
+        assert verified.valid and verified.events_verified == len(events)
+        assert await pending.pending(stack.app("projects").engine, project.id) == 0
+
+
+async def test_a_token_ended_by_a_passphrase_change_cannot_delete_even_with_crypto_down(
+    make_settings,
+):
+    async with running_stack(make_settings) as stack:
+        project, token = await populated_project(stack)
+        await stack.projects.ChangePassphrase(
+            projects_pb2.ChangePassphraseRequest(
+                project_id=project.id,
+                old_passphrase=PASSPHRASE,
+                new_passphrase="an entirely different passphrase 7",
+            )
+        )
         await stack.stop_service("crypto")
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await stack.projects.DeleteProject(
                 projects_pb2.DeleteProjectRequest(project_id=project.id), metadata=token
             )
-        assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
         still = (
             await stack.projects.GetProject(projects_pb2.GetProjectRequest(project_id=project.id))
         ).project
         assert still.state == projects_pb2.Project.STATE_ACTIVE
-        await stack.start_service("crypto")
-
-        async def deleted() -> bool:  # the caller retries, as UNAVAILABLE invites
-            try:
-                await stack.projects.DeleteProject(
-                    projects_pb2.DeleteProjectRequest(project_id=project.id), metadata=token
-                )
-            except grpc.aio.AioRpcError as error:
-                assert error.code() == grpc.StatusCode.UNAVAILABLE
-                return False
-            return True
-
-        await eventually(deleted, timeout=20, every=0.5)
-        await eventually(lambda: gone(stack, project.id), timeout=20, every=0.5)
 
 
 @pytest.mark.parametrize("down", ["ingest", "query"])
