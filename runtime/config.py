@@ -122,6 +122,12 @@ class Settings(BaseSettings):
     # crypto (seconds; events are also delivered right after the change that records them).
     audit_relay_interval: float = Field(default=1.0, gt=0, le=300)
 
+    # Calls one server runs at once (streams included; the plaintext probe port is apart):
+    # beyond it a call is refused at once with RESOURCE_EXHAUSTED, never queued unboundedly.
+    max_concurrent_rpcs: int = Field(default=256, ge=1, le=100_000)
+    # Ingest: WatchDocument streams one unlock token may hold open at once.
+    watch_streams_per_token: int = Field(default=8, ge=1, le=1000)
+
     # How often readiness re-checks dependencies, in seconds.
     health_check_interval: float = Field(default=5.0, gt=0, le=300)
     # How long SIGTERM waits for in-flight calls, in seconds.

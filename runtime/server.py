@@ -130,6 +130,9 @@ class Server:
         self.server = grpc.aio.server(
             interceptors=[aio_server_interceptor(filter_=traced), RpcInterceptor()],
             options=server_options(app.max_receive_bytes),
+            # Beyond it gRPC answers RESOURCE_EXHAUSTED at once: load sheds instead of
+            # queueing without bound (Envoy's retry policy and clients back off).
+            maximum_concurrent_rpcs=self.settings.max_concurrent_rpcs,
         )
         self.probe_server: grpc.aio.Server | None = None
 

@@ -23,6 +23,7 @@ from services.ingest.jobs import JobQueue, Reaper
 from services.ingest.pipeline.fetch import UrlFetcher
 from services.ingest.servicer import IngestInternalServicer, IngestServicer
 from services.ingest.store import DocumentStore
+from services.ingest.watch import StreamSlots
 
 
 class IngestApp(ServiceApp):
@@ -132,6 +133,7 @@ class IngestApp(ServiceApp):
             self.fetcher.policy,
             self.readiness,
             self.relay,
+            StreamSlots(self.settings.watch_streams_per_token),
         )
         ingest_pb2_grpc.add_IngestServiceServicer_to_server(servicer, server)
         ingest_internal_pb2_grpc.add_IngestInternalServiceServicer_to_server(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import uuid
 from collections.abc import Callable
@@ -45,10 +46,11 @@ from services.ingest.pipeline.errors import IngestError
 from services.ingest.pipeline.fetch import AddressPolicy, resolve_host
 from services.ingest.status import DocumentStatus
 from services.ingest.store import DocumentStore
+from services.ingest.watch import StreamSlots
 
 log = logging.getLogger(__name__)
 JOB_TOKEN_TTL = duration_pb2.Duration(seconds=24 * 3600)
-WATCH_POLL = 0.25
+WATCH_FALLBACK = 2.0
 
 
 class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
@@ -63,6 +65,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         address_policy: AddressPolicy,
         readiness: Readiness,
         relay: AuditRelay,
+        watch_slots: StreamSlots,
     ) -> None:
         self.store = store
         self.crypto = crypto
@@ -73,6 +76,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         self.address_policy = address_policy
         self.readiness = readiness
         self.relay = relay
+        self.watch_slots = watch_slots
 
     # -- steps -------------------------------------------------------------------------
 
@@ -337,17 +341,32 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
 
     async def WatchDocument(self, request, context):
         token = await self._authorize(context, request.project_id)
-        cipher = ContentCipher(self.crypto, request.project_id, token)
-        last = None
-        while True:
-            row = await self.store.get(request.project_id, request.document_id)
-            state = (row.status, row.chunks_embedded, row.chunks_total, row.error)
-            if state != last:
-                last = state
-                yield ingest_pb2.WatchDocumentResponse(document=await self._one(cipher, row))
-            if DocumentStatus(row.status).is_terminal:
-                return
-            await asyncio.sleep(WATCH_POLL)
+        with (
+            self.watch_slots.hold(token),
+            self.store.changes.watching(request.document_id) as changed,
+        ):
+            cipher = ContentCipher(self.crypto, request.project_id, token)
+            # Changes made in this process wake the stream; a worker's (another process)
+            # are read every WATCH_FALLBACK seconds, and only when jobs run elsewhere.
+            fallback = WATCH_FALLBACK if self.queue.uses_redis else None
+            last = None
+            while True:
+                changed.clear()
+                row = await self.store.get(request.project_id, request.document_id)
+                state = (
+                    row.status,
+                    row.chunks_embedded,
+                    row.chunks_total,
+                    row.error,
+                    row.transient_failures,
+                )
+                if state != last:
+                    last = state
+                    yield ingest_pb2.WatchDocumentResponse(document=await self._one(cipher, row))
+                if DocumentStatus(row.status).is_terminal:
+                    return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), fallback)
 
     async def RetryDocument(self, request, context):
         token = await self._authorize(context, request.project_id)

@@ -35,6 +35,7 @@ from services.ingest.models import (
     UploadRow,
 )
 from services.ingest.status import ACTIVE, DocumentStatus
+from services.ingest.watch import DocumentChanges
 
 QUEUED, PROCESSING = DocumentStatus.QUEUED, DocumentStatus.PROCESSING
 COMPLETED, FAILED = DocumentStatus.COMPLETED, DocumentStatus.FAILED
@@ -135,6 +136,8 @@ class DocumentStore:
         self.reads = engine.execution_options(isolation_level="AUTOCOMMIT")
         self.sessions = async_sessionmaker(engine, expire_on_commit=False)
         self.outbox = AuditOutbox(AUDIT_OUTBOX)
+        # Wakes this process's WatchDocument streams after each committed change.
+        self.changes = DocumentChanges()
 
     # -- documents ---------------------------------------------------------------------
 
@@ -220,10 +223,15 @@ class DocumentStore:
         number, which is the run's fence; None if not claimable."""
         now = utcnow()
         async with self.engine.begin() as connection:
-            claimed = await connection.execute(
-                _CLAIM, {"p_id": document_id, "p_now": now, "p_lease": now + lease}
+            claimed = _document(
+                (
+                    await connection.execute(
+                        _CLAIM, {"p_id": document_id, "p_now": now, "p_lease": now + lease}
+                    )
+                ).first()
             )
-            return _document(claimed.first())
+        self.changes.changed(document_id)
+        return claimed
 
     async def extend_lease(self, document_id: str, run: int, lease: timedelta) -> bool:
         """Extends run `run`'s lease; False when the document is no longer that run's."""
@@ -260,16 +268,18 @@ class DocumentStore:
                     ),
                     {"p_id": document.id, "p_run": document.attempts},
                 )
-                return updated.rowcount == 1
         except IntegrityError:
             raise await self._duplicate_error(document.project_id, content_hash) from None
+        self.changes.changed(document.id)
+        return updated.rowcount == 1
 
     async def progress(self, document_id: str, run: int, embedded: int, total: int) -> bool:
         async with self.engine.begin() as connection:
             updated = await connection.execute(
                 _PROGRESS, _progress(document_id, run, embedded, total)
             )
-            return updated.rowcount == 1
+        self.changes.changed(document_id)
+        return updated.rowcount == 1
 
     async def start_embedding(
         self, document: DocumentRow, hashes: Sequence[str], total: int, *, record: bool = True
@@ -290,6 +300,8 @@ class DocumentStore:
                 await connection.execute(
                     _PROGRESS, _progress(document.id, document.attempts, embedded, total)
                 )
+        if record:
+            self.changes.changed(document.id)
         return found
 
     async def store_chunks(
@@ -343,7 +355,8 @@ class DocumentStore:
             await connection.execute(_DELETE_UPLOAD, {"p_id": document_id})
             if audit is not None:
                 await self.outbox.record(connection, audit)
-            return document
+        self.changes.changed(document_id)
+        return document
 
     async def fail(
         self,
@@ -386,6 +399,7 @@ class DocumentStore:
             await connection.execute(_DELETE_CHUNKS, {"p_id": document_id})
             if audit is not None:
                 await self.outbox.record(connection, audit)
+        self.changes.changed(document_id)
         return True
 
     async def release(self, document_id: str, run: int, backoff: timedelta) -> bool:
@@ -399,7 +413,8 @@ class DocumentStore:
                 .values(status=QUEUED, lease_expires_at=now + backoff, updated_at=now),
                 {"p_id": document_id, "p_run": run},
             )
-            return released.rowcount == 1
+        self.changes.changed(document_id)
+        return released.rowcount == 1
 
     async def count_transient(self, document_id: str, run: int) -> int | None:
         """Counts one transient failure of run `run` on its document; the document's count,
@@ -412,7 +427,9 @@ class DocumentStore:
                 .returning(DOCUMENTS.c.transient_failures),
                 {"p_id": document_id, "p_run": run},
             )
-            return counted.scalar()
+            count = counted.scalar()
+        self.changes.changed(document_id)
+        return count
 
     async def requeue_lapsed(self, document_id: str, run: int, lease: timedelta) -> bool:
         """The reaper's requeue: only a document still active under attempt `run` whose
@@ -440,7 +457,8 @@ class DocumentStore:
             await connection.execute(
                 update(DOCUMENTS).where(DOCUMENTS.c.id == document_id).values(**values)
             )
-            return True
+        self.changes.changed(document_id)
+        return True
 
     async def retry(
         self, document_id: str, lease: timedelta, job_grant: str, audit_grant: bytes
@@ -462,7 +480,8 @@ class DocumentStore:
             document.audit_grant = audit_grant
             if document.source_type == 1:  # URL: the hash is known again after the fetch
                 document.content_hash = None
-            return document
+        self.changes.changed(document_id)
+        return document
 
     async def stale(self, limit: int = 50) -> list[DocumentRow]:
         """Queued or processing documents whose lease ran out (a lost job or a dead worker)."""
@@ -485,6 +504,7 @@ class DocumentStore:
             await _delete_documents(session, [document_id])
             if audit is not None:
                 await self.outbox.record(await session.connection(), audit)
+        self.changes.changed(document_id)
 
     async def purge(self, project_id: str) -> int:
         async with self.sessions.begin() as session:
@@ -498,6 +518,7 @@ class DocumentStore:
                 ).all()
             )
             await _delete_documents(session, ids)
+        self.changes.changed(*ids)
         return len(ids)
 
     # -- reading chunks back -----------------------------------------------------------
