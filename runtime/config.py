@@ -80,6 +80,11 @@ class Settings(BaseSettings):
     gateway_health_check_interval: float = Field(default=5.0, gt=0, le=300)
     # Envoy-wide token bucket (requests per second) that holds if the ratelimit service is down.
     gateway_local_rate_limit: int = Field(default=200, ge=1)
+    # Envoy's overload manager: the heap it may use (MiB; keep it under the container's memory
+    # limit) and the downstream connections it accepts; IngestDocument uploads at once.
+    gateway_max_heap_mb: int = Field(default=384, ge=64, le=65536)
+    gateway_max_connections: int = Field(default=10_000, ge=1, le=1_000_000)
+    gateway_max_concurrent_uploads: int = Field(default=8, ge=1, le=10_000)
 
     # Web console (runtime/console.py): its port (PORT overrides), the built app it serves and
     # the gateway URL it gives browsers ("/" = same origin; unset = the gateway port on the

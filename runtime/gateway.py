@@ -85,6 +85,9 @@ def substitutions(settings: Settings) -> dict[str, str]:
         "RATELIMIT_DOMAIN": load_rules(settings.ratelimit_rules).domain,
         "HEALTH_CHECK_INTERVAL": _seconds(settings.gateway_health_check_interval),
         "LOCAL_RATE_LIMIT": str(settings.gateway_local_rate_limit),
+        "MAX_HEAP_BYTES": str(settings.gateway_max_heap_mb * 1024 * 1024),
+        "MAX_CONNECTIONS": str(settings.gateway_max_connections),
+        "MAX_UPLOADS": str(settings.gateway_max_concurrent_uploads),
     }
     for name, address in {
         "PROJECTS": settings.projects_addr,

@@ -5,12 +5,20 @@ job (the fork shares it); each job creates its own event loop, database engine a
 channels after the fork, and closes them when it ends. Trace context comes with the job.
 A job carries the document's grant, which crypto redeems for the job token only for the
 worker's certificate; the token lives in memory for the job's run.
+
+With HEALTH_PORT set, the worker answers the kubelet's liveness probe (`GET /livez`, plain
+HTTP: no gRPC in the process RQ forks from) with 200 while RQ's loop keeps heartbeating and
+503 once it has been silent for two worker TTLs (a wedged worker is restarted).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
@@ -20,6 +28,8 @@ from runtime.logs import configure_logging
 from runtime.telemetry import configure_sentry, configure_tracing
 
 log = logging.getLogger(__name__)
+# RQ heartbeats at least once per (TTL - 15 s) while idle, and while it supervises a job.
+WORKER_TTL = 60
 
 
 def process_document(document_id: str, job_grant: str) -> str:
@@ -50,6 +60,41 @@ async def _process(document_id: str, job_grant: str) -> str:
         await app.close()
 
 
+def worker_alive(worker: Any, now: datetime | None = None) -> bool:
+    """Whether RQ's loop heartbeated within two TTLs (or has not started yet)."""
+    last = worker.last_heartbeat
+    if last is None:
+        return True  # loading the model, registering: not wedged
+    now = now or datetime.now(UTC)
+    if last.tzinfo is None:
+        last = last.replace(tzinfo=UTC)
+    return (now - last).total_seconds() < 2 * worker.worker_ttl
+
+
+def serve_liveness(host: str, port: int, worker: Any) -> ThreadingHTTPServer:
+    """GET /livez → 200 while the worker is alive, else 503; in a daemon thread."""
+
+    class Liveness(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path != "/livez":
+                self.send_error(404)
+                return
+            alive = worker_alive(worker)
+            body = b"alive\n" if alive else b"RQ loop silent\n"
+            self.send_response(200 if alive else 503)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            return  # one line per probe would drown the job logs
+
+    server = ThreadingHTTPServer((host, port), Liveness)
+    threading.Thread(target=server.serve_forever, name="liveness", daemon=True).start()
+    return server
+
+
 def main() -> None:
     from redis import Redis
     from rq import Queue, Worker
@@ -62,10 +107,13 @@ def main() -> None:
     configure_sentry(settings, "worker")
     if not settings.redis_url:
         raise SystemExit("REDIS_URL is required for the worker (without it, jobs run in-process)")
-    load_model()  # once per worker process; work horses inherit it through fork
     connection = Redis.from_url(settings.redis_url)
     queue = Queue(settings.ingest_queue, connection=connection)
-    worker = Worker([queue], connection=connection)
+    worker = Worker([queue], connection=connection, worker_ttl=WORKER_TTL)
+    if settings.health_port is not None:
+        serve_liveness(settings.listen_host, settings.health_port, worker)
+        log.info("worker liveness on %s:%d/livez", settings.listen_host, settings.health_port)
+    load_model()  # once per worker process; work horses inherit it through fork
     log.info("ingest worker ready (queue %s)", settings.ingest_queue)
     worker.work(with_scheduler=False)
 

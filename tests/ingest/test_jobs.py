@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -104,6 +105,7 @@ class WorkerProcess:
 
     def __init__(self, stack: Stack, log_path: Path) -> None:
         settings = stack.settings
+        self.health_port = free_port()
         env = {
             **os.environ,
             "ENVIRONMENT": "test",
@@ -116,6 +118,8 @@ class WorkerProcess:
             "QUERY_ADDR": settings.query_addr,
             "DATA_DIR": str(settings.data_dir),
             "TOKENIZERS_PARALLELISM": "false",
+            "LISTEN_HOST": "127.0.0.1",
+            "HEALTH_PORT": str(self.health_port),
         }
         self.queue_name = settings.ingest_queue
         self.redis_url = str(settings.redis_url)
@@ -234,7 +238,7 @@ async def test_background_job_runs_in_a_worker_and_carries_the_trace(
         make_settings, database_url=postgres_url, redis_url=redis_url, ingest_queue=queue_name
     ) as stack:
         project, token = await new_project(stack)
-        async with worker(stack, tmp_path):
+        async with worker(stack, tmp_path) as running:
             queued = (
                 await stack.ingest.IngestDocument(
                     text_request(project.id, SPEECH, title="Gettysburg", background=True),
@@ -245,6 +249,10 @@ async def test_background_job_runs_in_a_worker_and_carries_the_trace(
             assert queued.chunk_count == 0
 
             seen = await watch_to_the_end(stack, project.id, queued.id, token, timeout=120)
+            # The kubelet's liveness probe of the worker (HEALTH_PORT, plain HTTP).
+            probe = f"http://127.0.0.1:{running.health_port}/livez"
+            with await asyncio.to_thread(urllib.request.urlopen, probe, timeout=5) as answer:
+                assert answer.status == 200
         done = seen[-1]
         assert done.status == ingest_pb2.DOCUMENT_STATUS_COMPLETED, done.error
         assert done.chunk_count >= 1 and done.chunks_embedded == done.chunk_count
