@@ -31,8 +31,13 @@ $(VENV)/.installed: requirements.txt
 	printf '%s\n%s\n' "$(CURDIR)" "$(CURDIR)/$(GEN)" > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/contextcache.pth"
 	touch $@
 
+# The `contextcache` command (console script of pyproject.toml), for this checkout.
+$(VENV)/bin/contextcache: pyproject.toml $(VENV)/.installed
+	$(PIP) install -q --no-deps --no-build-isolation -e .
+	touch $@
+
 .PHONY: install
-install: $(VENV)/.installed protos ## Create the virtualenv with pinned dependencies and generate the protos
+install: $(VENV)/.installed $(VENV)/bin/contextcache protos ## Create the virtualenv with pinned dependencies, the `contextcache` command and the protos
 
 $(VALIDATE_DESC): $(VENV)/.installed tools/protovalidate_descriptor.py
 	$(PY) tools/protovalidate_descriptor.py $@
