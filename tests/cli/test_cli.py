@@ -1,0 +1,338 @@
+"""The installed `contextcache` command, run as a subprocess against a real stack.
+
+One stack per module (every service, the rate limiter and Envoy, on the embedded default and
+free ports), reached only through its gateway, as a user's terminal would. The tests follow
+a user's path — create → unlock → ingest a folder (a PDF, text files, a duplicate and a file
+the server refuses) → query → audit verify — and check what people read (output), what
+scripts rely on (exit codes, --json) and what must never show (tracebacks, passphrases).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from examples.demo import DOCUMENTS, demo_environment
+from runtime.config import Settings
+from runtime.stack import Stack
+
+pytestmark = [pytest.mark.envoy, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+# The console script `make install` puts beside the interpreter.
+COMMAND = Path(sys.executable).parent / "contextcache"
+PASSPHRASE = "correct horse battery staple 2026"
+PDF = "constitution-of-the-united-states.pdf"
+SENATORS = "How many senators does each state have?"
+# Per-client limits raised so the module's calls never hit them; UnlockProject keeps its
+# strict limit (5 a minute), which the last test runs into on purpose.
+RAISED = 10_000
+
+
+def raised_rules(directory: Path) -> Path:
+    rules = yaml.safe_load((REPO / "envoy" / "ratelimit.yaml").read_text())
+    for descriptor in rules["descriptors"]:
+        if descriptor.get("value") == "UnlockProject":
+            continue
+        for inner in descriptor.get("descriptors", ()):
+            inner["rate_limit"]["requests_per_unit"] = RAISED
+    path = directory / "ratelimit.yaml"
+    path.write_text(yaml.safe_dump(rules))
+    return path
+
+
+@dataclass
+class Cli:
+    gateway: str
+    home: Path  # HOME and XDG_CONFIG_HOME of the command's user
+
+    def run(
+        self, *args: str, stdin: str | None = None, timeout: float = 120, **env: str
+    ) -> subprocess.CompletedProcess[str]:
+        environment = {
+            k: v for k, v in os.environ.items() if not k.startswith(("CONTEXTCACHE_", "XDG_"))
+        }
+        environment.update(
+            HOME=str(self.home),
+            XDG_CONFIG_HOME=str(self.home / "config"),
+            CONTEXTCACHE_ADDRESS=self.gateway,
+            COLUMNS="200",
+        )
+        environment.update(env)
+        result = subprocess.run(
+            [str(COMMAND), *args],
+            input=stdin if stdin is not None else "",  # never the test runner's terminal
+            capture_output=True,
+            text=True,
+            env=environment,
+            timeout=timeout,
+            check=False,
+        )
+        assert "Traceback" not in result.stderr, result.stderr
+        assert PASSPHRASE not in result.stdout + result.stderr
+        return result
+
+    def json(self, *args: str, **kwargs: str):
+        result = self.run(*args, "--json", **kwargs)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+
+@contextlib.contextmanager
+def serving(directory: Path) -> Iterator[str]:
+    """A loopback HTTP server for `directory`; yields its base URL."""
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(directory), **kwargs)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(scope="module")
+def cli(tmp_path_factory) -> Iterator[Cli]:
+    if not COMMAND.exists():
+        pytest.fail(f"{COMMAND} is missing: `make install` installs the contextcache command")
+    work = tmp_path_factory.mktemp("cli")
+    env = demo_environment(work / "var")
+    env.update(
+        RATELIMIT_RULES=str(raised_rules(work)),
+        ARGON2_MEMORY_KIB="8192",
+        ARGON2_TIME_COST="1",
+        URL_FETCH_ALLOW_PRIVATE="true",
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        for key in set(os.environ) - set(env):
+            patch.delenv(key)
+        for key, value in env.items():
+            patch.setenv(key, value)
+        settings = Settings()
+    with Stack(settings, env, log=work / "stack.log"):
+        yield Cli(f"127.0.0.1:{settings.gateway_port}", work / "home")
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    """A PDF, two text files, a duplicate of one of them in a subfolder, and a .doc."""
+    folder = tmp_path_factory.mktemp("documents")
+    for name in (PDF, "declaration-of-independence.txt", "gettysburg-address.txt"):
+        shutil.copy(DOCUMENTS / name, folder / name)
+    (folder / "copies").mkdir()
+    shutil.copy(DOCUMENTS / "gettysburg-address.txt", folder / "copies" / "gettysburg-copy.txt")
+    (folder / "notes.doc").write_bytes(b"\xd0\xcf\x11\xe0 not a format ContextCache reads")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def project(cli) -> str:
+    """The module's project, created and unlocked with the command; its id."""
+    created = cli.run(
+        "projects",
+        "create",
+        "founding",
+        "-d",
+        "US documents",
+        "--passphrase-stdin",
+        stdin=PASSPHRASE + "\n",
+    )
+    assert created.returncode == 0, created.stderr
+    project_id = re.search(r"\(([0-9a-f-]{36})\)", created.stdout)[1]
+    unlocked = cli.run("unlock", "founding", "--passphrase-stdin", stdin=PASSPHRASE + "\n")
+    assert unlocked.returncode == 0, unlocked.stderr
+    assert re.search(r"Unlocked founding .* until .* \(in 1 h\)", unlocked.stdout)
+    return project_id
+
+
+@pytest.fixture(scope="module")
+def ingested(cli, project, folder) -> subprocess.CompletedProcess[str]:
+    return cli.run("ingest", str(folder), timeout=600)
+
+
+def test_unlock_keeps_the_token_in_a_file_only_its_user_can_read(cli, project):
+    token = cli.home / "config" / "contextcache" / "tokens" / f"{project}.json"
+    assert stat.S_IMODE(token.stat().st_mode) == 0o600
+    assert stat.S_IMODE(token.parent.stat().st_mode) == 0o700
+    listed = cli.json("projects", "list")
+    assert [p["id"] for p in listed if p["name"] == "founding"] == [project]
+
+
+def test_unlock_print_gives_export_lines_for_eval(cli, project):
+    printed = cli.run(
+        "unlock", project, "--print", "--ttl", "5m", CONTEXTCACHE_PASSPHRASE=PASSPHRASE
+    )
+    assert printed.returncode == 0, printed.stderr
+    exports = dict(re.findall(r"^export (\w+)=(\S+)$", printed.stdout, re.MULTILINE))
+    assert exports["CONTEXTCACHE_PROJECT"] == project
+    assert "(in 5 min)" in printed.stderr
+    # The printed token works without the token file (another user's empty config).
+    listed = cli.run(
+        "documents",
+        "list",
+        "-p",
+        project,
+        "--json",
+        XDG_CONFIG_HOME=str(cli.home / "elsewhere"),
+        CONTEXTCACHE_TOKEN=exports["CONTEXTCACHE_TOKEN"].strip("'"),
+    )
+    assert listed.returncode == 0, listed.stderr
+
+
+def test_ingest_reports_each_file_and_exits_10_for_the_refused_one(ingested, folder):
+    assert ingested.returncode == 10, ingested.stdout + ingested.stderr
+    lines = {
+        m["path"]: (m["result"], m["detail"])
+        for m in re.finditer(
+            r"^\S+ (?P<result>ingested|skipped|failed)\s+(?P<path>\S+)  (?P<detail>.*)$",
+            ingested.stdout,
+            re.MULTILINE,
+        )
+    }
+    assert lines[str(folder / PDF)][0] == "ingested"
+    assert re.match(r"\d+ chunks", lines[str(folder / PDF)][1])
+    assert lines[str(folder / "declaration-of-independence.txt")][0] == "ingested"
+    # The two copies of the Gettysburg Address: whichever the server took first is ingested,
+    # the other is skipped as a duplicate naming the document it duplicates.
+    copies = [str(folder / "gettysburg-address.txt"), str(folder / "copies/gettysburg-copy.txt")]
+    assert sorted(lines[c][0] for c in copies) == ["ingested", "skipped"]
+    skipped = next(lines[c][1] for c in copies if lines[c][0] == "skipped")
+    assert re.fullmatch(r"already in as document [0-9a-f-]{36}", skipped)
+    result, reason = lines[str(folder / "notes.doc")]
+    assert result == "failed"
+    assert "file.filename" in reason and "Unsupported file type '.doc'" in reason
+    assert "Done: 3 ingested, 1 skipped (already in), 1 failed" in ingested.stdout
+
+
+def test_a_second_run_skips_everything_already_in(cli, project, ingested, folder):
+    again = cli.json("ingest", str(folder), "--exclude", "*.doc")
+    assert again["skipped"] == 4 and again["ingested"] == 0 and again["failed"] == 0
+    documents = cli.json("documents", "list")
+    ids = {d["id"] for d in documents}
+    assert {d["document_id"] for d in again["documents"]} == ids
+    assert {d["status"] for d in documents} == {"DOCUMENT_STATUS_COMPLETED"}
+    assert len(documents) == 3
+
+
+def test_query_cites_the_passage_that_answers(cli, ingested):
+    answer = cli.json("query", SENATORS, "--top-k", "3")
+    top = answer["passages"][0]
+    assert top["source"] == PDF
+    assert "two Senators from each State" in " ".join(top["text"].split())
+    shown = cli.run("query", SENATORS, "-k", "1", FORCE_COLOR="1")
+    assert shown.returncode == 0, shown.stderr
+    heading = re.sub(r"\x1b\[[0-9;]*m", "", shown.stdout.splitlines()[0])
+    assert re.match(r"1\. score \d\.\d{4}  The Constitution of the United States\s+" + PDF, heading)
+    assert "chunk " in heading
+    # The question's words in the passage are highlighted (bold yellow), other forms too.
+    assert "\x1b[1;33mSenators\x1b[0m" in shown.stdout
+
+
+def test_query_modes_and_limits(cli, ingested):
+    keyword = cli.json("query", "Gettysburg", "--mode", "keyword", "--top-k", "2")
+    assert keyword["mode"] == "RETRIEVAL_MODE_KEYWORD"
+    assert len(keyword["passages"]) <= 2
+    too_many = cli.run("query", SENATORS, "--top-k", "51")
+    assert too_many.returncode == 3
+    assert "top_k" in too_many.stderr and "between 1 and 50" in too_many.stderr
+    bad_mode = cli.run("query", SENATORS, "--mode", "fuzzy")
+    assert bad_mode.returncode == 2
+
+
+def test_audit_verify_and_events(cli, project, ingested):
+    verified = cli.run("audit", "verify")
+    assert verified.returncode == 0, verified.stderr
+    assert re.match(r"valid: \d+ events verified; head seq \d+", verified.stdout)
+    result = cli.json("audit", "verify")
+    assert result["valid"] is True
+    head = cli.json("audit", "head")
+    assert result["head"]["seq"] == head["seq"]
+    events = cli.json("audit", "events")
+    types = [e["type"] for e in events]
+    assert types[0] == "AUDIT_EVENT_TYPE_PROJECT_CREATED"
+    assert types.count("AUDIT_EVENT_TYPE_DOCUMENT_INGESTED") == 3
+    assert int(events[-1]["seq"]) == int(head["seq"])
+
+
+def test_documents_show_watch_and_stats(cli, project, ingested):
+    documents = cli.json("documents", "list", "--status", "completed")
+    pdf = next(d for d in documents if d["source"] == PDF)
+    shown = cli.json("documents", "show", pdf["id"])
+    assert shown["title"] == "The Constitution of the United States"
+    watched = cli.run("watch", pdf["id"])
+    assert watched.returncode == 0 and watched.stdout.startswith("completed"), watched.stderr
+    stats = cli.json("projects", "stats", project)
+    assert int(stats["documents_completed"]) == 3
+
+
+def test_ingest_stdin_and_a_url(cli, ingested, tmp_path):
+    (tmp_path / "tides.txt").write_text("Tides are caused by the pull of the Moon and the Sun.")
+    with serving(tmp_path) as base:
+        note = "The harbour master logs every ship that enters the port."
+        run = cli.json("ingest", "-", f"{base}/tides.txt", "--title", "Pasted note", stdin=note)
+    assert run["ingested"] == 2, run
+    titles = {d["title"] for d in cli.json("documents", "list")}
+    assert "Pasted note" in titles
+
+
+def test_errors_are_one_clear_message_and_a_documented_exit_code(cli, project, tmp_path):
+    wrong = cli.run("unlock", project, "--passphrase-stdin", stdin="not the passphrase at all\n")
+    assert wrong.returncode == 7 and "Permission denied" in wrong.stderr
+    short = cli.run("projects", "create", "x", "--passphrase-stdin", stdin="too short\n")
+    assert short.returncode == 3
+    assert "passphrase" in short.stderr and "Minimum length is 20" in short.stderr
+    locked = cli.run("query", SENATORS, "-p", project, XDG_CONFIG_HOME=str(tmp_path))
+    assert locked.returncode == 6 and "contextcache unlock" in locked.stderr
+    missing = cli.run("documents", "show", "00000000-0000-4000-8000-000000000000")
+    assert missing.returncode == 4, missing.stderr
+    unknown = cli.run("projects", "show", "no-such-project")
+    assert unknown.returncode == 4, unknown.stderr
+    nowhere = cli.run("projects", "list", "--json", CONTEXTCACHE_ADDRESS="127.0.0.1:9")
+    assert nowhere.returncode == 9 and "cannot reach the gateway" in nowhere.stderr
+    usage = cli.run("ingest", str(tmp_path / "absent"))
+    assert usage.returncode == 2 and "No such file or folder" in usage.stderr
+
+
+def test_delete_project(cli, ingested):
+    created = cli.run(
+        "projects", "create", "scratch", "--json", "--passphrase-stdin", stdin=PASSPHRASE + "\n"
+    )
+    scratch = json.loads(created.stdout)["id"]
+    assert cli.run("unlock", scratch, CONTEXTCACHE_PASSPHRASE=PASSPHRASE).returncode == 0
+    refused = cli.run("projects", "delete", scratch)  # no terminal to confirm on
+    assert refused.returncode == 2
+    deleted = cli.run("projects", "delete", scratch, "--yes")
+    assert deleted.returncode == 0, deleted.stderr
+    assert cli.run("projects", "show", scratch).returncode == 4
+
+
+def test_unlock_attempts_past_the_limit_are_refused_with_a_wait(cli, project):
+    """Last in the module: it spends the gateway's unlock allowance for a minute."""
+    for _ in range(11):  # 5 a minute: refused within two windows
+        attempt = cli.run("unlock", project, "--print", CONTEXTCACHE_PASSPHRASE=PASSPHRASE)
+        if attempt.returncode != 0:
+            break
+    assert attempt.returncode == 8, attempt.stderr
+    assert re.search(r"Rate limited: .*\nTry again in \d+ s\.", attempt.stderr)
