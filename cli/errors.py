@@ -8,10 +8,11 @@ here prints a traceback or a server-internal detail.
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass
 
 import grpc
-from google.rpc import error_details_pb2
+from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 
@@ -119,13 +120,27 @@ class Failure:
         return lines
 
 
-def rate_limit_reset(error: grpc.RpcError) -> int | None:
-    """Seconds until the gateway's rate-limit window resets, when it said so."""
+def retry_after(error: grpc.RpcError) -> int | None:
+    """Seconds to wait before trying again, when the refusal said: the gateway's rate-limit
+    reset header, or the service's google.rpc.RetryInfo."""
     # A rate-limited reply is trailers-only: its headers arrive as trailing metadata.
     for key, value in (*(error.initial_metadata() or ()), *(error.trailing_metadata() or ())):
         if key == RATE_LIMIT_RESET and str(value).isdigit():
             return int(value)
+    status = _status(error)
+    for detail in status.details if status else ():
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            info = error_details_pb2.RetryInfo()
+            detail.Unpack(info)
+            return max(1, math.ceil(info.retry_delay.ToTimedelta().total_seconds()))
     return None
+
+
+def _status(error: grpc.RpcError) -> status_pb2.Status | None:
+    try:
+        return rpc_status.from_call(error)
+    except ValueError:  # code or message of the details disagree with the call's own
+        return None
 
 
 def describe(error: grpc.RpcError, address: str = "", project: str = "") -> Failure:
@@ -133,10 +148,7 @@ def describe(error: grpc.RpcError, address: str = "", project: str = "") -> Fail
     code = error.code()
     message = error.details() or code.name
     fields: list[tuple[str, str]] = []
-    try:
-        status = rpc_status.from_call(error)
-    except ValueError:  # code or message of the details disagree with the call's own
-        status = None
+    status = _status(error)
     if status is not None:
         message = status.message or message
         for detail in status.details:
@@ -153,7 +165,7 @@ def _hint(error: grpc.RpcError, code: grpc.StatusCode, address: str, project: st
     if code == grpc.StatusCode.UNAUTHENTICATED:
         return f"Unlock the project first: contextcache unlock {project or 'PROJECT'}"
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        seconds = rate_limit_reset(error)
+        seconds = retry_after(error)
         return f"Try again in {seconds} s." if seconds is not None else "Try again later."
     if code == grpc.StatusCode.UNAVAILABLE:
         return (

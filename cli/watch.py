@@ -15,7 +15,7 @@ from typing import TypeVar
 
 import grpc
 
-from cli.errors import CliError, ExitCode, rate_limit_reset
+from cli.errors import CliError, ExitCode, retry_after
 from cli.session import Session
 from contextcache.v1 import ingest_pb2
 
@@ -46,12 +46,12 @@ def with_retries(
             return call()
         except grpc.RpcError as error:
             code = error.code()
-            reset = rate_limit_reset(error) if code == grpc.StatusCode.RESOURCE_EXHAUSTED else None
-            if reset is not None and rate_limited < RATE_LIMIT_WAITS:
+            wait = retry_after(error) if code == grpc.StatusCode.RESOURCE_EXHAUSTED else None
+            if wait is not None and rate_limited < RATE_LIMIT_WAITS:
                 rate_limited += 1
-                on_wait(f"rate limited: waiting {reset} s")
+                on_wait(f"rate limited: waiting {wait} s")
                 # Spread the callers that waited together over the next second.
-                pause = reset + random.random()
+                pause = wait + random.random()
             elif code == grpc.StatusCode.UNAVAILABLE and (pause := next(pauses, None)):
                 on_wait("gateway unavailable: trying again")
             else:
