@@ -39,6 +39,21 @@ _EXISTING = re.compile(r"document ([0-9a-fA-F-]{36})")
 _LABEL_WIDTH = 40
 
 
+# Refusals that concern every document of the run, not the one sent.
+STOPS_THE_RUN = frozenset(
+    {
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.CANCELLED,
+    }
+)
+# A send that may or may not have arrived.
+CUT_OFF = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN})
+
+
 class Result(enum.StrEnum):
     INGESTED = "ingested"
     SKIPPED = "skipped"
@@ -124,29 +139,45 @@ class IngestRun:
         except UnreadableSource as error:
             return Outcome(source, Result.FAILED, reason=str(error))
         self._show(task, "sending")
-        try:
-            document = with_retries(
-                lambda: self.session.ingest.IngestDocument(
-                    request, metadata=self.metadata, timeout=UPLOAD_TIMEOUT
-                ),
-                self.stop,
-                on_wait=lambda why: self._show(task, why),
-            ).document
-        except grpc.RpcError as error:
-            failure = describe(error)
-            if error.code() == grpc.StatusCode.ALREADY_EXISTS:
-                match = _EXISTING.search(failure.message)
-                existing = match[1].lower() if match else ""
-                if existing and self._claim_unfinished(existing):
-                    return self._follow(source, existing, task, started)
-                reason = f"already in as document {existing}" if existing else failure.message
-                return Outcome(source, Result.SKIPPED, existing, reason=reason)
-            if failure.code == ExitCode.INVALID:  # this document's fault: the run goes on
-                return Outcome(source, Result.FAILED, reason=failure.reason)
-            raise
+        resent = False
+        while True:
+            try:
+                document = with_retries(
+                    lambda: self.session.ingest.IngestDocument(
+                        request, metadata=self.metadata, timeout=UPLOAD_TIMEOUT
+                    ),
+                    self.stop,
+                    on_wait=lambda why: self._show(task, why),
+                ).document
+                break
+            except grpc.RpcError as error:
+                if error.code() in CUT_OFF and not resent:
+                    # Cut off on the way (e.g. the gateway reset the stream): the document
+                    # may be in or not; sending it again tells (ALREADY_EXISTS: it is).
+                    resent = True
+                    continue
+                return self._refused(source, error, task, started, resent)
         if not self.wait:
             return Outcome(source, Result.QUEUED, document.id, seconds=time.monotonic() - started)
         return self._follow(source, document.id, task, started)
+
+    def _refused(
+        self, source: Source, error: grpc.RpcError, task: TaskID, started: float, resent: bool
+    ) -> Outcome:
+        """A refused send: skipped, failed, or followed after all; raised when the refusal
+        stops the whole run (locked, project gone, gateway gone, rate limit outlasted)."""
+        failure = describe(error)
+        if error.code() == grpc.StatusCode.ALREADY_EXISTS:
+            match = _EXISTING.search(failure.message)
+            existing = match[1].lower() if match else ""
+            # Ours after all (a send cut off earlier), or left unfinished by an earlier run.
+            if existing and (resent or self._claim_unfinished(existing)):
+                return self._follow(source, existing, task, started)
+            reason = f"already in as document {existing}" if existing else failure.message
+            return Outcome(source, Result.SKIPPED, existing, reason=reason)
+        if error.code() in STOPS_THE_RUN:
+            raise error
+        return Outcome(source, Result.FAILED, reason=failure.reason)
 
     def _follow(self, source: Source, document_id: str, task: TaskID, started: float) -> Outcome:
         def update(document: ingest_pb2.Document) -> None:

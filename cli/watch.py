@@ -23,9 +23,15 @@ T = TypeVar("T")
 TERMINAL = frozenset({ingest_pb2.DOCUMENT_STATUS_COMPLETED, ingest_pb2.DOCUMENT_STATUS_FAILED})
 RATE_LIMIT_WAITS = 10
 UNAVAILABLE_PAUSES = (0.5, 1, 2, 4, 8, 15, 15, 15)  # seconds; about a minute in all
-# A stream cut in the middle (the gateway closes one idle for minutes; a restart resets it).
+# A stream cut in the middle: the gateway closes one idle for minutes, and resets those of a
+# service its health checks found unresponsive (the client sees INTERNAL "Stream removed").
 BROKEN_STREAM = frozenset(
-    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNKNOWN}
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.INTERNAL,
+    }
 )
 WATCH_REOPENS = 10
 

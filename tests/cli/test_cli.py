@@ -38,18 +38,18 @@ COMMAND = Path(sys.executable).parent / "contextcache"
 PASSPHRASE = "correct horse battery staple 2026"
 PDF = "constitution-of-the-united-states.pdf"
 SENATORS = "How many senators does each state have?"
-# Per-client limits raised so the module's calls never hit them; UnlockProject keeps its
-# strict limit (5 a minute), which the last test runs into on purpose.
+# Limits raised so the module's calls never hit them, except UnlockProject's, which the
+# last test runs into on purpose.
 RAISED = 10_000
+UNLOCKS_PER_MINUTE = 10
 
 
 def raised_rules(directory: Path) -> Path:
     rules = yaml.safe_load((REPO / "envoy" / "ratelimit.yaml").read_text())
     for descriptor in rules["descriptors"]:
-        if descriptor.get("value") == "UnlockProject":
-            continue
+        unlock = descriptor.get("value") == "UnlockProject"
         for inner in descriptor.get("descriptors", ()):
-            inner["rate_limit"]["requests_per_unit"] = RAISED
+            inner["rate_limit"]["requests_per_unit"] = UNLOCKS_PER_MINUTE if unlock else RAISED
     path = directory / "ratelimit.yaml"
     path.write_text(yaml.safe_dump(rules))
     return path
@@ -287,14 +287,33 @@ def test_documents_show_watch_and_stats(cli, project, ingested):
     assert int(stats["documents_completed"]) == 3
 
 
-def test_ingest_stdin_and_a_url(cli, ingested, tmp_path):
+def test_ingest_stdin_and_urls(cli, ingested, tmp_path):
     (tmp_path / "tides.txt").write_text("Tides are caused by the pull of the Moon and the Sun.")
     with serving(tmp_path) as base:
         note = "The harbour master logs every ship that enters the port."
-        run = cli.json("ingest", "-", f"{base}/tides.txt", "--title", "Pasted note", stdin=note)
-    assert run["ingested"] == 2, run
+        sent = cli.run(
+            "ingest",
+            "-",
+            f"{base}/tides.txt",
+            f"{base}/gone.txt",
+            "--title",
+            "Pasted note",
+            "--json",
+            stdin=note,
+        )
+        assert sent.returncode == 10, sent.stderr
+        run = json.loads(sent.stdout)
+        assert (run["ingested"], run["failed"]) == (2, 1), run
+        # Fetched in the background: the failure and its reason come from WatchDocument.
+        gone = next(d for d in run["documents"] if d["input"].endswith("gone.txt"))
+        assert gone["result"] == "failed" and "404" in gone["reason"], gone
+        retried = cli.run("documents", "retry", gone["document_id"])
+        assert retried.returncode == 10 and retried.stdout.startswith("failed"), retried.stderr
     titles = {d["title"] for d in cli.json("documents", "list")}
     assert "Pasted note" in titles
+    deleted = cli.run("documents", "delete", gone["document_id"])
+    assert deleted.returncode == 0, deleted.stderr
+    assert cli.run("documents", "show", gone["document_id"]).returncode == 4
 
 
 def test_errors_are_one_clear_message_and_a_documented_exit_code(cli, project, tmp_path):
@@ -328,9 +347,23 @@ def test_delete_project(cli, ingested):
     assert cli.run("projects", "show", scratch).returncode == 4
 
 
+def test_passphrase_change(cli):
+    created = cli.run(
+        "projects", "create", "rekeyed", "--json", "--passphrase-stdin", stdin=PASSPHRASE + "\n"
+    )
+    rekeyed = json.loads(created.stdout)["id"]
+    new = "a brand new passphrase for 2027"
+    changed = cli.run(
+        "passphrase", "change", rekeyed, "--passphrase-stdin", stdin=f"{PASSPHRASE}\n{new}\n"
+    )
+    assert changed.returncode == 0, changed.stderr
+    assert cli.run("unlock", rekeyed, CONTEXTCACHE_PASSPHRASE=PASSPHRASE).returncode == 7
+    assert cli.run("unlock", rekeyed, CONTEXTCACHE_PASSPHRASE=new).returncode == 0
+
+
 def test_unlock_attempts_past_the_limit_are_refused_with_a_wait(cli, project):
     """Last in the module: it spends the gateway's unlock allowance for a minute."""
-    for _ in range(11):  # 5 a minute: refused within two windows
+    for _ in range(2 * UNLOCKS_PER_MINUTE + 1):  # refused within two windows
         attempt = cli.run("unlock", project, "--print", CONTEXTCACHE_PASSPHRASE=PASSPHRASE)
         if attempt.returncode != 0:
             break
