@@ -20,7 +20,7 @@ from contextcache.v1 import crypto_pb2, ingest_pb2, query_pb2
 # Wide when piped, so ids and paths are never cut or wrapped for the script reading them.
 _PIPED_WIDTH = 1000
 out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)  # paths unbroken
 for _console in (out, err):
     if not _console.is_terminal:
         _console.width = _PIPED_WIDTH

@@ -8,6 +8,7 @@ when it breaks; `with_retries` repeats a call the gateway refused because of its
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 from collections.abc import Callable, Iterator
@@ -85,6 +86,7 @@ def follow(
             for response in stream:
                 on_update(response.document)
                 if response.document.status in TERMINAL:
+                    _drain(stream)
                     return response.document
         except grpc.RpcError as error:
             if error.code() not in BROKEN_STREAM or reopen == WATCH_REOPENS:
@@ -95,6 +97,15 @@ def follow(
         f"The gateway kept ending the watch of document {document_id} before it finished.",
         ExitCode.UNAVAILABLE,
     )
+
+
+def _drain(stream: Iterator[object]) -> None:
+    """Reads the stream to its end (the server ends it after the terminal state), so the call
+    completes instead of being cancelled by the client when dropped: a cancelled stream
+    costs the server an error path, and a reset seen by the gateway."""
+    with contextlib.suppress(grpc.RpcError):
+        for _ in stream:
+            pass
 
 
 def _opened(call: Iterator[T]) -> Iterator[T]:
