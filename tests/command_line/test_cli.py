@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from examples.demo import DOCUMENTS
-from tests.cli.conftest import PASSPHRASE, UNLOCKS_PER_MINUTE, serving
+from tests.command_line.conftest import PASSPHRASE, UNLOCKS_PER_MINUTE, serving
 
 pytestmark = [pytest.mark.envoy, pytest.mark.slow]
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from examples.demo import DOCUMENTS
-from tests.cli.conftest import PASSPHRASE
+from tests.command_line.conftest import PASSPHRASE
 from tests.conftest import REDIS, fresh_database, postgres_available, redis_available
 
 pytestmark = [pytest.mark.envoy, pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
