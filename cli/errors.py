@@ -167,6 +167,11 @@ def _hint(error: grpc.RpcError, code: grpc.StatusCode, address: str, project: st
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         seconds = retry_after(error)
         return f"Try again in {seconds} s." if seconds is not None else "Try again later."
+    if code == grpc.StatusCode.UNAVAILABLE and "no healthy upstream" in (error.details() or ""):
+        return (
+            "The gateway answers, but the service behind it does not (starting, overloaded or "
+            "down): try again shortly; `contextcache status` shows each service."
+        )
     if code == grpc.StatusCode.UNAVAILABLE:
         return (
             "Is ContextCache running there? Start it with `make run`, or point --address "
