@@ -37,11 +37,16 @@ $(VENV)/.installed: requirements.txt
 	printf '%s\n%s\n' "$(CURDIR)" "$(CURDIR)/$(GEN)" > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/contextcache.pth"
 	touch $@
 
+# The `contextcache` command (console script of pyproject.toml), for this checkout.
+$(VENV)/bin/contextcache: pyproject.toml $(VENV)/.installed
+	$(PIP) install -q --no-deps --no-build-isolation -e .
+	touch $@
+
 # INSTALL_CONSOLE=no skips the console (the Dockerfile builds it in a Node stage).
 INSTALL_CONSOLE ?= yes
 
 .PHONY: install
-install: $(VENV)/.installed protos $(if $(filter yes,$(INSTALL_CONSOLE)),console) ## Create the virtualenv with pinned dependencies, generate the protos, build the web console
+install: $(VENV)/.installed $(VENV)/bin/contextcache protos $(if $(filter yes,$(INSTALL_CONSOLE)),console) ## Create the virtualenv with pinned dependencies, the `contextcache` command, the protos and the web console
 
 $(VALIDATE_DESC): $(VENV)/.installed tools/protovalidate_descriptor.py
 	$(PY) tools/protovalidate_descriptor.py $@

@@ -147,6 +147,14 @@ class Reaper:
         pipeline = self._pipeline()
         for document in await self.store.stale():
             handled += 1
+            attempt = document.attempts + 1
+            if document.status == DocumentStatus.QUEUED and await self.queue.waiting(
+                document.id, attempt
+            ):
+                # A backlog, not a lost job or an interruption: pushing it again would only
+                # run it twice, failing it would fail a job that is about to run.
+                await self.store.extend_queued_lease(document.id, pipeline.lease)
+                continue
             if not document.job_grant or document.attempts >= pipeline.max_attempts:
                 reason = (
                     f"Processing was interrupted {document.attempts} times. "
@@ -155,13 +163,6 @@ class Reaper:
                     else "Processing was interrupted. Try again with RetryDocument."
                 )
                 await pipeline.fail(document, reason, "interrupted", lapsed=True)
-                continue
-            attempt = document.attempts + 1
-            if document.status == DocumentStatus.QUEUED and await self.queue.waiting(
-                document.id, attempt
-            ):
-                # A backlog, not a lost job: pushing it again would only run it twice.
-                await self.store.extend_queued_lease(document.id, pipeline.lease)
                 continue
             if not await self.store.requeue_lapsed(document.id, document.attempts, pipeline.lease):
                 continue

@@ -266,17 +266,8 @@ async def test_stats_are_zero_for_a_new_project(services):
 
 @pytest.mark.parametrize("database", ["postgresql"], indirect=True)
 async def test_twenty_parallel_creates_get_distinct_ids(services):
-    # Creates only: twenty unlocks at once from one address would be over the passphrase
-    # limiter's 5 in flight (docs/threat-model.md, "Passphrase guessing").
-    results = await asyncio.gather(
-        *(
-            services.projects.CreateProject(
-                projects_pb2.CreateProjectRequest(name=f"n{i}", passphrase=PASSPHRASE)
-            )
-            for i in range(20)
-        )
-    )
-    ids = {created.project.id for created in results}
+    results = await asyncio.gather(*(new_project(services, name=f"n{i}") for i in range(20)))
+    ids = {project.id for project, _ in results}
     assert len(ids) == 20
     listed = await services.projects.ListProjects(projects_pb2.ListProjectsRequest(page_size=100))
     assert {p.id for p in listed.projects} == ids
