@@ -84,7 +84,7 @@ class Settings(BaseSettings):
     # limit) and the downstream connections it accepts; IngestDocument uploads at once.
     gateway_max_heap_mb: int = Field(default=384, ge=64, le=65536)
     gateway_max_connections: int = Field(default=10_000, ge=1, le=1_000_000)
-    gateway_max_concurrent_uploads: int = Field(default=8, ge=1, le=10_000)
+    gateway_max_concurrent_uploads: int = Field(default=16, ge=1, le=10_000)
 
     # Web console (runtime/console.py): its port (PORT overrides), the built app it serves and
     # the gateway URL it gives browsers ("/" = same origin; unset = the gateway port on the
@@ -131,7 +131,7 @@ class Settings(BaseSettings):
     # beyond it a call is refused at once with RESOURCE_EXHAUSTED, never queued unboundedly.
     max_concurrent_rpcs: int = Field(default=256, ge=1, le=100_000)
     # Ingest: WatchDocument streams one unlock token may hold open at once.
-    watch_streams_per_token: int = Field(default=8, ge=1, le=1000)
+    watch_streams_per_token: int = Field(default=32, ge=1, le=1000)
 
     # How often readiness re-checks dependencies, in seconds.
     health_check_interval: float = Field(default=5.0, gt=0, le=300)
