@@ -1,6 +1,8 @@
 """Ingestion under faults, through the public API on the embedded job runner (in-process jobs)
 and both databases:
 
+- a short database outage mid-run: the heartbeat keeps the lease through it and the same run
+  completes the document (no second attempt);
 - fencing: a run whose lease lapsed while it was still embedding (its heartbeat could not
   reach the database, say) and whose document was queued again changes nothing once another
   run holds the document — the document ends completed once, with each chunk and each vector
@@ -17,12 +19,13 @@ import asyncio
 import logging
 import time
 
+import grpc
 from sqlalchemy import func, select, update
 
 from contextcache.v1 import crypto_pb2, ingest_pb2
 from runtime.db import utcnow
 from services.ingest.models import ChunkRow, DocumentRow
-from tests.conftest import Stack, eventually, new_project, running_stack
+from tests.conftest import Stack, TcpProxy, eventually, new_project, running_stack
 
 
 def large_text(paragraphs: int) -> str:
@@ -225,3 +228,41 @@ async def test_crypto_down_during_ingestion_delays_its_audit_event_and_drops_not
             crypto_pb2.VerifyAuditChainRequest(project_id=project.id, public_key=project.public_key)
         )
         assert verified.valid and verified.events_verified == 3
+
+
+async def test_a_short_database_outage_mid_run_is_ridden_out_by_the_same_run(
+    make_settings, postgres_url
+):
+    proxy = TcpProxy("127.0.0.1", 5432)
+    await proxy.start()
+    url = postgres_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+    lease = 4.0
+    try:
+        async with running_stack(
+            make_settings, database_url=url, ingest_lease_seconds=lease
+        ) as stack:
+            project, token = await new_project(stack)
+            document = await ingest_background(stack, project.id, token, large_text(150))
+            await embedding_started(stack, project.id, document.id, token)
+            await proxy.stop()  # PostgreSQL unreachable for half a lease (a restart, say)
+            await asyncio.sleep(lease / 2)
+            await proxy.start()
+
+            async def completed():
+                try:
+                    current = await get_document(stack, project.id, document.id, token)
+                except grpc.aio.AioRpcError as error:  # a pool still finding dead connections
+                    assert error.code() == grpc.StatusCode.UNAVAILABLE, error
+                    return None
+                assert current.status != ingest_pb2.DOCUMENT_STATUS_FAILED, current.error
+                return current if current.status == ingest_pb2.DOCUMENT_STATUS_COMPLETED else None
+
+            final = await eventually(completed, timeout=300, every=0.3)
+            assert final.attempts == 1  # the lease was kept: no other run was started
+            await eventually(lambda: jobs_finished(stack), timeout=60)
+            assert await stored_chunks(stack, document.id) == (final.chunk_count,) * 2
+            assert sorted(await vectors_of(stack, project.id, document.id)) == list(
+                range(final.chunk_count)
+            )
+    finally:
+        await proxy.stop()
