@@ -108,7 +108,6 @@ class AuditOutbox:
 
     def __init__(self, table: Table) -> None:
         self.table = table
-        self._recorded = asyncio.Event()
 
     async def record(self, connection: AsyncConnection, event: AuditEvent) -> str:
         """Adds `event` in `connection`'s transaction; its event id."""
