@@ -33,6 +33,17 @@ DEFAULT_PORTS = {
     ServiceName.RATELIMIT: 8081,
 }
 
+# Prometheus metrics ports (runtime/metrics.py) of `python -m services.<name>` and the worker
+# when METRICS_PORT is unset; one machine can run the whole stack on them (`make run`).
+DEFAULT_METRICS_PORTS = {
+    ServiceName.PROJECTS.value: 9101,
+    ServiceName.INGEST.value: 9102,
+    ServiceName.QUERY.value: 9103,
+    ServiceName.CRYPTO.value: 9104,
+    ServiceName.RATELIMIT.value: 9105,
+    "worker": 9106,
+}
+
 
 class Settings(BaseSettings):
     """Every setting of every service; each service reads the ones it needs."""
@@ -49,6 +60,13 @@ class Settings(BaseSettings):
     # A plaintext listener serving only the gRPC health service, for Kubernetes' gRPC probes
     # (which cannot present a client certificate). Unset: no such listener.
     health_port: int | None = Field(default=None, ge=1, le=65535)
+    # Prometheus metrics in plaintext on http://LISTEN_HOST:METRICS_PORT/metrics. Unset: the
+    # process's entry in DEFAULT_METRICS_PORTS (servers a test starts in-process: none);
+    # 0: no metrics listener.
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    # Seconds between reads of the gauges that cost a query (documents by status, queue
+    # depth, index points); about Prometheus' scrape interval.
+    metrics_interval: float = Field(default=15.0, gt=0, le=3600)
     # Workload certificates: <TLS_DIR>/<identity>/{tls.crt,tls.key,ca.crt} (cert-manager's
     # Secret layout). Unset: DATA_DIR/tls, where a development CA is created outside
     # production. Every service port speaks mutual TLS.
@@ -151,6 +169,12 @@ class Settings(BaseSettings):
 
     def listen_port(self, service: ServiceName) -> int:
         return self.port or DEFAULT_PORTS[service]
+
+    def metrics_port_of(self, process: str) -> int:
+        """METRICS_PORT, else the process's default (0: no metrics listener)."""
+        if self.metrics_port is not None:
+            return self.metrics_port
+        return DEFAULT_METRICS_PORTS[process]
 
     @property
     def hybrid_weights(self) -> tuple[float, float]:

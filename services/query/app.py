@@ -12,6 +12,8 @@ from contextcache.internal.v1 import crypto_pb2_grpc
 from contextcache.internal.v1 import query_pb2_grpc as query_internal_pb2_grpc
 from contextcache.v1 import query_pb2_grpc
 from retrieval.embeddings import Embedder, load_model
+from runtime import metrics
+from runtime.background import Periodic
 from runtime.clients import grpc_dependency, open_channel
 from runtime.config import ServiceName, Settings
 from runtime.health import Dependency
@@ -48,8 +50,15 @@ class QueryApp(ServiceApp):
         self.crypto = crypto_pb2_grpc.CryptoInternalServiceStub(self.crypto_channel)
         self.tokens = TokenVerifier(self.crypto)
         self.tokens.start()
+        self.gauges = Periodic("index gauges", self._count_points, self.settings.metrics_interval)
+        self.gauges.start(run_first=True)
+
+    async def _count_points(self) -> None:
+        if self.index is not None and (points := await self.index.points()) is not None:
+            metrics.INDEX_POINTS.set(points)
 
     async def stop(self) -> None:
+        await self.gauges.stop()
         await self.tokens.stop()
         await self.crypto_channel.close()
         await self.cache.close()

@@ -21,6 +21,7 @@ from retrieval.cipher import ContentCipher
 from retrieval.embeddings import Embedder
 from retrieval.sealing import associated_data
 from retrieval.terms import term_frequencies
+from runtime import metrics
 from runtime.errors import InvalidArgument, Unavailable
 from runtime.health import Readiness
 from runtime.protos import QUERY_SERVICE
@@ -127,6 +128,8 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         embed_ms = search_ms = 0.0
         ranking = await self.cache.get(request.project_id, request.query, params)
         cached = ranking is not None
+        if self.cache.enabled:
+            metrics.QUERY_CACHE.labels("hit" if cached else "miss").inc()
         if ranking is None:
             hits, embed_ms, search_ms = await self._search(
                 cipher, request.query, mode, where, top_k
@@ -198,6 +201,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
                 )
         except VectorIndexError as error:
             raise Unavailable("The vector index is unavailable. Try again shortly") from error
+        metrics.INDEX_SEARCH_SECONDS.labels(mode).observe(time.perf_counter() - search_started)
         return hits, embed_ms, _ms(search_started)
 
     async def _retrieve(self, project_id: str, chunk_ids: list[str]) -> list[StoredChunk]:

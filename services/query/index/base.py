@@ -493,6 +493,11 @@ class VectorIndex(abc.ABC):
     async def healthy(self) -> bool:
         """True while the index can serve; never raises, returns quickly."""
 
+    async def points(self) -> int | None:
+        """Points in the whole index, every project together (for metrics); None where the
+        backend cannot tell cheaply."""
+        return None
+
     # Public API ---------------------------------------------------------------------------
 
     async def upsert(self, points: Iterable[IndexPoint]) -> int:

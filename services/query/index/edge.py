@@ -208,6 +208,9 @@ class EdgeVectorIndex(VectorIndex):
         """Points, segments, payload indexes and optimiser runs of the shard."""
         return dict(await self._call("stats"))
 
+    async def points(self) -> int | None:
+        return int((await self.stats())["points"])
+
     async def close(self) -> None:
         if self._closed:
             return

@@ -286,6 +286,12 @@ class ServerVectorIndex(VectorIndex):
                 wait=True,
             )
 
+    async def points(self) -> int | None:
+        await self._ensure_collection()
+        with _translate_errors():
+            info = await self.client.get_collection(self.collection)
+        return info.points_count
+
     async def _count(self, where: SearchFilter) -> int:
         await self._ensure_collection()
         with _translate_errors():
