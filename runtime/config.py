@@ -42,6 +42,7 @@ DEFAULT_METRICS_PORTS = {
     ServiceName.CRYPTO.value: 9104,
     ServiceName.RATELIMIT.value: 9105,
     "worker": 9106,
+    "envoy": 9107,  # GATEWAY_STATS_PORT under `make run`
 }
 
 
@@ -94,6 +95,9 @@ class Settings(BaseSettings):
     gateway_host: str = "127.0.0.1"
     gateway_port: int = Field(default=8080, ge=1, le=65535)
     gateway_admin_port: int = Field(default=9901, ge=1, le=65535)
+    # Envoy's Prometheus stats (GET /stats/prometheus only) on GATEWAY_HOST, for scrapers
+    # off the host (the admin port stays on 127.0.0.1). 0: any free port (`make run`: 9107).
+    gateway_stats_port: int = Field(default=0, ge=0, le=65535)
     # Seconds between Envoy's gRPC health checks of each upstream.
     gateway_health_check_interval: float = Field(default=5.0, gt=0, le=300)
     # Envoy-wide token bucket (requests per second) that holds if the ratelimit service is down.

@@ -1,6 +1,6 @@
 """A Prometheus configuration for a ContextCache deployment on one host: one scrape job per
-process (the four services, the rate limit service, the worker, Envoy's admin stats) and the
-alert rules of monitoring/alerts.yaml.
+process (the four services, the rate limit service, the worker, Envoy's stats listener) and
+the alert rules of monitoring/alerts.yaml.
 
 `make run` writes it to DATA_DIR/prometheus.yml for the stack it started (runtime/stack.py);
 `python -m runtime.monitoring` prints the one for the default ports. Kubernetes scrapes by
@@ -24,7 +24,8 @@ ENVOY_STATS_PATH = "/stats/prometheus"
 def default_targets(settings: Settings) -> dict[str, str]:
     """Each process's metrics address on the default ports (`python -m services.<name>`)."""
     targets = {name: f"127.0.0.1:{port}" for name, port in DEFAULT_METRICS_PORTS.items()}
-    targets["envoy"] = f"127.0.0.1:{settings.gateway_admin_port}"
+    if settings.gateway_stats_port:
+        targets["envoy"] = f"127.0.0.1:{settings.gateway_stats_port}"
     return targets
 
 
@@ -35,7 +36,7 @@ def prometheus_config(
     interval: str = "15s",
 ) -> dict[str, object]:
     """The configuration as a dict (yaml.safe_dump it): job = process name, instance = its
-    address; Envoy is scraped on its admin stats path."""
+    address; Envoy is scraped on its stats path."""
     jobs = []
     for name, address in targets.items():
         job: dict[str, object] = {"job_name": name, "static_configs": [{"targets": [address]}]}

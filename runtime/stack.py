@@ -8,9 +8,9 @@ nothing is left running. If any child dies, everything is stopped and the exit c
 Once `make install` has built it, the web console's file server (runtime/console.py) is one
 more child, and its origin is added to the gateway's CORS origins.
 
-Every process serves Prometheus metrics (METRICS_PORT: the defaults 9101-9106 when the
-services are on their default ports, free ports otherwise), and a Prometheus configuration
-scraping them and Envoy's admin stats is written to DATA_DIR/prometheus.yml.
+Every process serves Prometheus metrics (METRICS_PORT, and Envoy's GATEWAY_STATS_PORT: the
+defaults 9101-9107 when the services are on their default ports, free ports otherwise), and
+a Prometheus configuration scraping them is written to DATA_DIR/prometheus.yml.
 """
 
 from __future__ import annotations
@@ -94,7 +94,10 @@ def children(settings: Settings) -> list[Child]:
     if console.is_built(settings):
         services.append(Child("console", console.ARGV, settings.console_port, http=True))
         settings = console.with_own_origins(settings)
-    services.append(Child("envoy", envoy_command(render(settings))))
+    # Envoy's stats listener (GET /stats/prometheus); the admin port stays on 127.0.0.1.
+    stats_port = settings.gateway_stats_port or metrics_port("envoy")
+    settings = settings.model_copy(update={"gateway_stats_port": stats_port})
+    services.append(Child("envoy", envoy_command(render(settings)), metrics_port=stats_port))
     return services
 
 
@@ -123,10 +126,8 @@ class Stack:
 
     @property
     def metrics_targets(self) -> dict[str, str]:
-        """Where each process serves its metrics (host:port; Envoy: its admin stats)."""
-        targets = {c.name: f"127.0.0.1:{c.metrics_port}" for c in self.children if c.metrics_port}
-        targets["envoy"] = f"127.0.0.1:{self.settings.gateway_admin_port}"
-        return targets
+        """Where each process serves its metrics (host:port; Envoy: its stats listener)."""
+        return {c.name: f"127.0.0.1:{c.metrics_port}" for c in self.children if c.metrics_port}
 
     @property
     def prometheus_config(self) -> Path:

@@ -27,6 +27,7 @@ K8S_GATEWAY = {
     "ratelimit_addr": "ratelimit.contextcache.svc.cluster.local:8081",
     "gateway_health_check_interval": 5,
     "gateway_local_rate_limit": 500,
+    "gateway_stats_port": 9090,
     "environment": "production",
     "tls_dir": "/etc/contextcache/tls",
 }
