@@ -112,6 +112,32 @@ def test_make_run_serves_through_envoy_and_stops_cleanly(stack_env):
                 timeout=30,
             )
             assert answer.passages[0].document_title == "Tides"
+
+            # A wrong-passphrase storm from this address, with a new API key on each try:
+            # at most 5 wrong answers a minute, then RESOURCE_EXHAUSTED.
+            codes = []
+            for attempt in range(10):
+                try:
+                    projects.UnlockProject(
+                        projects_pb2.UnlockProjectRequest(
+                            project_id=project.id, passphrase=f"guess number {attempt} is wrong"
+                        ),
+                        metadata=(("x-api-key", f"key-{attempt}"),),
+                        timeout=30,
+                    )
+                except grpc.RpcError as error:
+                    codes.append(error.code())
+            assert codes.count(grpc.StatusCode.PERMISSION_DENIED) <= 5, codes
+            assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) >= 5, codes
+            # The internal API is not served by the gateway, whatever the caller sends.
+            purge = channel.unary_unary(
+                "/contextcache.internal.v1.IngestInternalService/PurgeProject",
+                request_serializer=None,
+                response_deserializer=None,
+            )
+            with pytest.raises(grpc.RpcError) as refused:
+                purge(b"", timeout=10)
+            assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
     finally:
         process.send_signal(signal.SIGINT)
         try:

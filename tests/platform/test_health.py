@@ -90,3 +90,31 @@ async def test_watch_streams_status_changes(make_settings, postgres_url):
 
 
 import asyncio  # noqa: E402
+
+
+async def test_the_probe_port_serves_health_in_plaintext_and_nothing_else(make_settings):
+    """Kubernetes' gRPC probes cannot present a certificate: HEALTH_PORT answers them, and
+    only them; the service port still refuses plaintext."""
+    from runtime.ports import free_port
+
+    probe_port = free_port()
+    app = ProjectsApp(make_settings(health_port=probe_port))
+    async with running(app) as server:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{probe_port}") as plain:
+            stub = health_pb2_grpc.HealthStub(plain)
+            for name in ("liveness", PROJECT_SERVICE):
+                assert await status_of(stub, name) == SERVING
+            projects = projects_pb2_grpc.ProjectServiceStub(plain)
+            try:
+                await projects.ListProjects(projects_pb2.ListProjectsRequest(), timeout=3)
+                raise AssertionError("the probe port must serve health only")
+            except grpc.aio.AioRpcError as error:
+                assert error.code() == grpc.StatusCode.UNIMPLEMENTED
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as plain:
+            try:
+                await health_pb2_grpc.HealthStub(plain).Check(
+                    health_pb2.HealthCheckRequest(), timeout=3
+                )
+                raise AssertionError("the service port must refuse plaintext")
+            except grpc.aio.AioRpcError as error:
+                assert error.code() == grpc.StatusCode.UNAVAILABLE

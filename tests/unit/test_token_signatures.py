@@ -70,3 +70,63 @@ def test_job_tokens_open_only_their_own_documents_steps_and_no_public_rpc():
     tokens.check_use(claims, tokens.ANY_SCOPE, str(document))
     tokens.check_use(unlock, tokens.ANY_SCOPE, str(uuid.uuid4()))
     tokens.check_use(unlock, tokens.UNLOCK_ONLY)
+
+
+class _Keys:
+    """Crypto's GetTokenVerificationKeys as seen over the wire: the keys it publishes now."""
+
+    def __init__(self, *keys: Ed25519PrivateKey) -> None:
+        self.publish(*keys)
+        self.calls = 0
+
+    def publish(self, *keys: Ed25519PrivateKey) -> None:
+        from contextcache.internal.v1 import crypto_pb2
+
+        self.response = crypto_pb2.GetTokenVerificationKeysResponse(
+            keys=[
+                crypto_pb2.TokenVerificationKey(
+                    key_id=tokens.key_id_of(k.public_key().public_bytes_raw()),
+                    public_key=k.public_key().public_bytes_raw(),
+                )
+                for k in keys
+            ]
+        )
+
+    async def GetTokenVerificationKeys(self, request, timeout=None):
+        self.calls += 1
+        return self.response
+
+
+def _token_for(key: Ed25519PrivateKey, project: uuid.UUID) -> str:
+    now = int(time.time())
+    claims = tokens.TokenClaims(
+        project,
+        tokens.Scope.UNLOCK,
+        None,
+        1,
+        tokens.key_id_of(key.public_key().public_bytes_raw()),
+        now,
+        now + 600,
+    ).pack()
+    sealed = bytes(tokens.SEALED_BYTES)
+    return tokens.encode(claims, sealed, key.sign(tokens.DOMAIN + claims + sealed))
+
+
+async def test_a_rotated_signing_key_is_fetched_when_a_token_names_it():
+    old, new, foreign = (Ed25519PrivateKey.generate() for _ in range(3))
+    crypto = _Keys(old)
+    now = [0.0]
+    verifier = tokens.TokenVerifier(crypto, clock=lambda: now[0])
+    project = uuid.uuid4()
+    await verifier.verify(_token_for(old, project), str(project))
+    assert crypto.calls == 1
+    crypto.publish(new, old)  # crypto rotated: new tokens name the new key
+    now[0] += tokens.KEY_REFRESH_SECONDS
+    await verifier.verify(_token_for(new, project), str(project))
+    assert crypto.calls == 2
+    await verifier.verify(_token_for(old, project), str(project))  # still accepted
+    # A key crypto never published is refused, and asking again is rate-limited.
+    for _ in range(5):
+        with pytest.raises(Unauthenticated):
+            await verifier.verify(_token_for(foreign, project), str(project))
+    assert crypto.calls == 2
