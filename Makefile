@@ -56,11 +56,16 @@ lock: ## Re-lock requirements.txt and requirements-dev.txt from their .in files 
 	$(PIP_COMPILE) --output-file=requirements-dev.txt requirements-dev.in
 	$(PY) tools/locks.py stamp
 
+# The `contextcache` command (console script of pyproject.toml), for this checkout.
+$(VENV)/bin/contextcache: pyproject.toml $(VENV)/.installed
+	$(PIP) install -q --no-deps --no-build-isolation -e .
+	touch $@
+
 # INSTALL_CONSOLE=no skips the console (the Dockerfile builds it in a Node stage).
 INSTALL_CONSOLE ?= yes
 
 .PHONY: install
-install: $(VENV)/.installed protos $(if $(filter yes,$(INSTALL_CONSOLE)),console) ## Create the virtualenv from both locks (hashes checked), generate the protos, build the web console
+install: $(VENV)/.installed $(VENV)/bin/contextcache protos $(if $(filter yes,$(INSTALL_CONSOLE)),console) ## Create the virtualenv from both locks (hashes checked), the `contextcache` command, the protos and the web console
 
 $(VALIDATE_DESC): $(VENV)/.installed tools/protovalidate_descriptor.py
 	$(PY) tools/protovalidate_descriptor.py $@

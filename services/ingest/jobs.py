@@ -145,6 +145,12 @@ class Reaper:
         pipeline = self._pipeline()
         for document in await self.store.stale():
             handled += 1
+            attempt = document.attempts + 1
+            if document.status == "queued" and await self.queue.waiting(document.id, attempt):
+                # A backlog, not a lost job or an interruption: pushing it again would only
+                # run it twice, failing it would fail a job that is about to run.
+                await self.store.extend_queued_lease(document.id, pipeline.lease)
+                continue
             if not document.job_grant or document.attempts >= pipeline.max_attempts:
                 reason = (
                     f"Processing was interrupted {document.attempts} times. "
@@ -154,11 +160,6 @@ class Reaper:
                 )
                 token = await pipeline.redeem_quietly(document.job_grant)
                 await pipeline.fail(document, token, reason, "interrupted")
-                continue
-            attempt = document.attempts + 1
-            if document.status == "queued" and await self.queue.waiting(document.id, attempt):
-                # A backlog, not a lost job: pushing it again would only run it twice.
-                await self.store.extend_queued_lease(document.id, pipeline.lease)
                 continue
             requeued = await self.store.requeue(document.id, pipeline.lease)
             if requeued is None:

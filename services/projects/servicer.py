@@ -128,14 +128,12 @@ class ProjectServicer(projects_pb2_grpc.ProjectServiceServicer):
     async def _guarded(self, context, row: ProjectRow, check):  # type: ignore[no-untyped-def]
         """Runs `check` (a passphrase check) as one limited attempt; a wrong passphrase is
         counted on the project, to be audited at the next unlock."""
-        taken = await self.attempts.take(client_address(context), row.id)
-        try:
-            result = await check()
-        except PermissionDenied:
-            await self.store.count_failed_attempt(row.id)
-            raise
-        await self.attempts.give_back(taken)
-        return result
+        async with self.attempts.attempt(client_address(context), row.id):
+            try:
+                return await check()
+            except PermissionDenied:
+                await self.store.count_failed_attempt(row.id)
+                raise
 
     async def _audit_failed_attempts(self, row: ProjectRow, token: str) -> None:
         """Wrong passphrases since the last unlock become one event (a count, no guess)."""

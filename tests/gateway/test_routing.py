@@ -58,6 +58,8 @@ def test_grpcurl_lists_every_service_and_describes_a_method(envoy):
     listed = grpcurl(envoy.address, "list").split()
     for name in SERVICE_NAMES:
         assert name in listed
+    # Reflection through the gateway shows the public API only.
+    assert not [name for name in listed if name.startswith("contextcache.internal.")], listed
     # Python's reflection server resolves services and messages (not bare method symbols).
     described = grpcurl(envoy.address, "describe", "contextcache.v1.ProjectService")
     assert "rpc CreateProject ( .contextcache.v1.CreateProjectRequest )" in described
