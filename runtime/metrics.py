@@ -12,12 +12,17 @@ control of its own, and such labels would also make the number of series unbound
 
 The RQ worker forks a work horse per job, so it counts in prometheus_client's multiprocess
 mode: services/ingest/worker.py chooses it before this module is imported, and serves the
-sum of every process's counts with `serve_multiprocess`.
+sum of every process's counts with `serve_multiprocess`. Each work horse leaves its own files;
+before each scrape the files of horses that have exited are added into one archive file and
+deleted, so the directory does not grow with every job.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import threading
+from pathlib import Path
 
 import prometheus_client
 from prometheus_client import (
@@ -27,6 +32,7 @@ from prometheus_client import (
     Histogram,
     multiprocess,
 )
+from prometheus_client.mmap_dict import MmapedDict
 
 log = logging.getLogger(__name__)
 
@@ -183,5 +189,76 @@ def stop(server: object | None) -> None:
 def serve_multiprocess(port: int, host: str) -> object | None:
     """Serves the sum of every process's files in PROMETHEUS_MULTIPROC_DIR."""
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry)
+    registry.register(_CompactingCollector(Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])))
     return _serve(port, host, registry)
+
+
+class _CompactingCollector:
+    """prometheus_client's MultiProcessCollector, after compacting the directory."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._collector = multiprocess.MultiProcessCollector(None, str(directory))
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        compact(self.directory)
+        return self._collector.collect()
+
+
+_compacting = threading.Lock()
+ARCHIVE = "archive"  # in place of a pid in the archive files' names
+
+
+# File prefix → how the values of processes that exited combine: counters and histograms
+# only grow (a sum loses nothing); every gauge here is multiprocess_mode="max".
+_COMBINE = {"counter": "sum", "histogram": "sum", "gauge_max": "max"}
+
+
+def compact(directory: Path) -> int:
+    """Combines the files of processes that have exited into `<prefix>_archive.db` and
+    deletes them; returns how many files went. A forked work horse has files of every type
+    (prometheus_client reopens every value in a new process), one set per job."""
+    merged = 0
+    with _compacting:
+        for prefix, combine in _COMBINE.items():
+            archive = directory / f"{prefix}_{ARCHIVE}.db"
+            dead = [
+                path
+                for path in directory.glob(f"{prefix}_*.db")
+                if path != archive
+                and path.stem.count("_") == prefix.count("_") + 1
+                and not _alive(path.stem.rpartition("_")[2])
+            ]
+            if not dead:
+                continue
+            values: dict[str, float] = {}
+            for path in ([archive] if archive.exists() else []) + dead:
+                for key, value, _timestamp, _pos in MmapedDict.read_all_values_from_file(str(path)):
+                    if key not in values:
+                        values[key] = value
+                    elif combine == "sum":
+                        values[key] += value
+                    else:
+                        values[key] = max(values[key], value)
+            target = MmapedDict(str(archive))
+            try:
+                for key, value in values.items():
+                    target.write_value(key, value, 0.0)
+            finally:
+                target.close()
+            for path in dead:
+                path.unlink()
+            merged += len(dead)
+    return merged
+
+
+def _alive(pid: str) -> bool:
+    if not pid.isdigit():
+        return True  # not a process's file: leave it
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -8,8 +8,8 @@ worker's certificate; the token lives in memory for the job's run.
 
 Metrics (runtime/metrics.py): the work horses count in prometheus_client's multiprocess
 mode, in files under DATA_DIR/metrics/worker-<port>; the worker serves their sum on
-METRICS_PORT (default 9106). Each work horse leaves a small file per metric type, read on
-every scrape; the directory is emptied when the worker starts.
+METRICS_PORT (default 9106). The files of finished horses are folded into one archive before
+each scrape; the directory is emptied when the worker starts.
 """
 
 from __future__ import annotations
