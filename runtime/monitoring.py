@@ -22,8 +22,11 @@ ENVOY_STATS_PATH = "/stats/prometheus"
 
 
 def default_targets(settings: Settings) -> dict[str, str]:
-    """Each process's metrics address on the default ports (`python -m services.<name>`)."""
+    """Each process's metrics address on the default ports (`python -m services.<name>`);
+    the worker runs only with REDIS_URL."""
     targets = {name: f"127.0.0.1:{port}" for name, port in DEFAULT_METRICS_PORTS.items()}
+    if not settings.redis_url:
+        del targets["worker"]
     if settings.gateway_stats_port:
         targets["envoy"] = f"127.0.0.1:{settings.gateway_stats_port}"
     return targets

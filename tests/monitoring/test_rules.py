@@ -3,7 +3,9 @@ and the copy Kubernetes loads is the same file."""
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 
 from runtime.config import REPO_ROOT
 from runtime.monitoring import ALERT_RULES, MONITORING
@@ -49,3 +51,28 @@ def test_kubernetes_loads_the_same_rules():
     assert copy.read_text() == ALERT_RULES.read_text(), (
         "k8s/prometheus-alerts.yaml differs from monitoring/alerts.yaml: copy it again"
     )
+
+
+def test_the_printed_configuration_passes_promtool(promtool, tmp_path):
+    """`python -m runtime.monitoring`: the default ports, with the worker only with Redis."""
+    for redis, jobs in ((None, 6), ("redis://127.0.0.1:6379/0", 7)):
+        env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+        if redis:
+            env["REDIS_URL"] = redis
+        printed = subprocess.run(
+            [sys.executable, "-m", "runtime.monitoring"],
+            cwd=REPO_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+        config = tmp_path / f"prometheus-{jobs}.yml"
+        config.write_text(printed)
+        checked = subprocess.run(
+            [promtool, "check", "config", str(config)], capture_output=True, text=True, timeout=60
+        )
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        assert printed.count("job_name:") == jobs
+        assert "metrics_path: /stats/prometheus" in printed
