@@ -18,7 +18,9 @@ from retrieval.terms import term_frequencies
 from runtime.errors import InvalidArgument, Unavailable
 from runtime.protos import QUERY_SERVICE
 from services.query.index import Hit, IndexPoint, SearchFilter, SparseTerms, StoredChunk
-from services.query.index.base import VectorIndexError
+from services.query.index.types import (
+    VectorIndexError,
+)
 
 if TYPE_CHECKING:
     from services.query.app import QueryApp
