@@ -29,6 +29,9 @@ $(VENV)/.installed: requirements.txt
 	$(PIP) install -q -r requirements.txt
 	# The repository and the generated code are importable from the virtualenv.
 	printf '%s\n%s\n' "$(CURDIR)" "$(CURDIR)/$(GEN)" > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/contextcache.pth"
+	# The query embedder's ONNX graph, exported from the packaged weights (offline), checked
+	# against torch's vectors, into the virtualenv.
+	$(PY) tools/export_onnx.py --force
 	touch $@
 
 .PHONY: install

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 
 from contextcache.v1 import crypto_pb2_grpc, query_pb2_grpc
-from retrieval.embeddings import Embedder, load_model
+from retrieval.onnx_embeddings import query_embedder
 from runtime.clients import grpc_dependency, open_channel
 from runtime.config import ServiceName, Settings
 from runtime.health import Dependency
@@ -32,15 +32,14 @@ class QueryApp(ServiceApp):
 
     async def start(self) -> None:
         self.index = await open_index(self.settings.qdrant_url, self.settings.index_path)
-        # A query is one short text: one torch thread embeds it in ~14 ms here. A thread per
-        # core spin-waits for cores this service shares with crypto, Envoy and other requests
-        # (p90 100-490 ms on 2 busy cores). Queries are embedded one at a time, in the
-        # calling thread (no hand-off to the embedding workers), on an executor thread of
-        # their own.
-        self.embedder = Embedder(pooled=False)
+        # A query is one short text, embedded on one thread (a thread per core spin-waits
+        # for cores this service shares with crypto, Envoy and other requests), on an
+        # executor thread of its own, in ONNX Runtime: the same weights as ingestion's
+        # torch model with less overhead per call (retrieval.onnx_embeddings).
+        self.embedder = query_embedder()
         self.embed_executor = ThreadPoolExecutor(1, thread_name_prefix="query-embed")
         # Once per process, before the first query.
-        await asyncio.get_running_loop().run_in_executor(self.embed_executor, load_model)
+        await asyncio.get_running_loop().run_in_executor(self.embed_executor, self.embedder.load)
         self.cache = QueryCache(self.settings.redis_url)
         self.crypto_channel = open_channel(self.settings.crypto_addr)
         self.crypto = crypto_pb2_grpc.CryptoServiceStub(self.crypto_channel)
