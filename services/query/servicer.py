@@ -21,6 +21,7 @@ from services.query.index import Hit, IndexPoint, SearchFilter, SparseTerms, Sto
 from services.query.index.types import (
     VectorIndexError,
 )
+from services.query.passages import PassagePlan, candidate_limit, plan_passages
 
 if TYPE_CHECKING:
     from services.query.app import QueryApp
@@ -94,7 +95,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         cached = ranking is not None
         if ranking is None:
             hits, embed_ms, search_ms = await self._search(
-                cipher, request.query, mode, where, top_k
+                cipher, request.query, mode, where, candidate_limit(top_k)
             )
             ranking = [(h.chunk_id, h.score) for h in hits]
             await self.app.cache.put(request.project_id, request.query, params, ranking)
@@ -107,8 +108,10 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         if request.HasField("min_score"):
             chunks = [c for c in chunks if scores[c.chunk_id] >= request.min_score]
 
+        # k distinct passages: overlapping and neighbouring chunks merged (services.query.passages).
+        plans = plan_passages(chunks, scores, top_k)
         decrypt_started = time.perf_counter()
-        passages = await self._passages(cipher, chunks, scores)
+        passages = await self._passages(cipher, plans)
         return query_pb2.QueryResponse(
             passages=passages,
             cached=cached,
@@ -170,16 +173,15 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         return [found[cid] for cid in chunk_ids if cid in found]  # deleted chunks drop out
 
     async def _passages(
-        self, cipher: ContentCipher, chunks: list[StoredChunk], scores: dict[str, float]
+        self, cipher: ContentCipher, plans: list[PassagePlan]
     ) -> list[query_pb2.Passage]:
-        sealed: list[tuple[bytes, bytes]] = []
-        for c in chunks:
-            sealed.append(
-                (
-                    c.encrypted_text,
-                    associated_data("chunk", c.project_id, c.document_id, c.chunk_index),
-                )
-            )
+        chunks = {c.chunk_id: c for plan in plans for c in plan.members}
+        documents = {plan.document_id: plan.first for plan in plans}
+        sealed: list[tuple[bytes, bytes]] = [
+            (c.encrypted_text, associated_data("chunk", c.project_id, c.document_id, c.chunk_index))
+            for c in chunks.values()
+        ]
+        for c in documents.values():
             sealed.append(
                 (c.encrypted_title, associated_data("title", c.project_id, c.document_id))
             )
@@ -188,23 +190,28 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
             )
         wanted = [(i, item) for i, item in enumerate(sealed) if item[0]]
         plain = await cipher.decrypt([item for _, item in wanted]) if wanted else []
-        texts = [""] * len(sealed)
+        values = [""] * len(sealed)
         for (i, _), value in zip(wanted, plain, strict=True):
-            texts[i] = value.decode()
+            values[i] = value.decode()
+        texts = dict(zip(chunks, values, strict=False))
+        titles = {
+            document_id: (values[len(chunks) + 2 * n], values[len(chunks) + 2 * n + 1])
+            for n, document_id in enumerate(documents)
+        }
         return [
             query_pb2.Passage(
-                text=texts[3 * n],
-                document_title=texts[3 * n + 1],
-                source=texts[3 * n + 2],
-                score=scores[c.chunk_id],
-                document_id=c.document_id,
-                source_type=c.source_type,
-                chunk_index=c.chunk_index,
-                start_offset=c.start_offset,
-                end_offset=c.end_offset,
-                chunk_id=c.chunk_id,
+                text=plan.text(texts),
+                document_title=titles[plan.document_id][0],
+                source=titles[plan.document_id][1],
+                score=plan.score,
+                document_id=plan.document_id,
+                source_type=plan.first.source_type,
+                chunk_index=plan.first.chunk_index,
+                start_offset=plan.start,
+                end_offset=plan.end,
+                chunk_id=plan.first.chunk_id,
             )
-            for n, c in enumerate(chunks)
+            for plan in plans
         ]
 
     # -- index RPCs (called by the ingest service) --------------------------------------
