@@ -18,6 +18,7 @@ from retrieval.terms import term_frequencies
 from runtime.errors import InvalidArgument, Unavailable
 from runtime.protos import QUERY_SERVICE
 from services.query.index import Hit, IndexPoint, SearchFilter, SparseTerms, StoredChunk
+from services.query.index.fusion import HYBRID_FUSION
 from services.query.index.types import (
     VectorIndexError,
 )
@@ -161,7 +162,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
                     sparse,
                     where,
                     top_k,
-                    fusion="rrf",
+                    fusion=HYBRID_FUSION,
                     weights=self.app.settings.hybrid_weights,
                 )
         except VectorIndexError as error:

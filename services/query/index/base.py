@@ -12,6 +12,7 @@ ids (hashes under a per-project key, computed by the caller) and AEAD ciphertext
 from __future__ import annotations
 
 import abc
+import dataclasses
 from collections.abc import AsyncIterator, Iterable, Sequence
 
 import numpy as np
@@ -24,7 +25,7 @@ from services.query.index.codec import (
     prepare_point,
     sparse_lists,
 )
-from services.query.index.fusion import check_fusion
+from services.query.index.fusion import check_fusion, fused_ceiling
 from services.query.index.types import (
     DENSE_DIM,
     DENSE_VECTOR,
@@ -140,7 +141,8 @@ class VectorIndex(abc.ABC):
         fusion: Fusion = "rrf",
         weights: tuple[float, float] = (1.0, 1.0),
     ) -> list[Hit]:
-        """Dense and keyword rankings fused (weights: dense, keyword)."""
+        """Dense and keyword rankings fused (weights: dense, keyword); scores are the fused
+        scores divided by `fused_ceiling`, so in [0, 1]."""
         check_limit(limit)
         check_fusion(fusion, weights, 2)
         depth = min(max(limit * HYBRID_CANDIDATES_PER_RESULT, HYBRID_MIN_CANDIDATES), MAX_LIMIT)
@@ -148,7 +150,13 @@ class VectorIndex(abc.ABC):
         keyword = self._sparse_query(sparse.indices, sparse.values, filter, depth)
         if keyword.sparse_indices:
             queries.append(keyword)
-        return await self._hybrid(queries, weights, fusion, limit)
+        hits = await self._hybrid(queries, weights, fusion, limit)
+        # As a share of the best possible fused score of the searches made, so that a score
+        # reads the same whatever the weights: 1.0 is the top of every list.
+        ceiling = fused_ceiling(fusion, weights[: len(queries)])
+        if ceiling <= 0:
+            return hits
+        return [dataclasses.replace(h, score=h.score / ceiling) for h in hits]
 
     async def retrieve(self, project_id: str, chunk_ids: Sequence[str]) -> list[StoredChunk]:
         """The project's chunks with these ids, in the order asked; unknown ids, and ids of

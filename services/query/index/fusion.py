@@ -22,6 +22,13 @@ from services.query.index.types import (
     StoredChunk,
 )
 
+# What the query service fuses with. Chosen on the tuning halves of bench/retrieval_sets (three
+# corpora; bench/fusion_tuning.py compares the variants, bench/hybrid_retrieval.py prints the
+# held-back figures): score-based fusion ranks the answer first more often than reciprocal
+# rank, whose ranks forget by how much the best candidate led; keyword search, the stronger
+# single mode on identifiers, weighs 1.5 against dense's 1 (HYBRID_KEYWORD_WEIGHT).
+HYBRID_FUSION: Fusion = "dbsf"
+
 
 def fuse(
     rankings: Sequence[Sequence[Ranked]],
@@ -53,6 +60,14 @@ def fuse(
             best_rank[cid] = min(best_rank.get(cid, rank), rank)
     order = sorted(scores, key=lambda cid: (-scores[cid], best_rank[cid], cid))
     return [ScoredId(cid, scores[cid]) for cid in order[:limit]]
+
+
+def fused_ceiling(method: Fusion, weights: Sequence[float], k: int = RRF_K) -> float:
+    """The fused score of a chunk at the top of every list: rrf gives it sum(w) / (k + 1),
+    dbsf at most sum(w) (a list's top score scales to 1 only when it lies 3 standard
+    deviations above the list's mean). Dividing by it puts fused scores in [0, 1]."""
+    total = float(sum(weights))
+    return total / (k + 1) if method == "rrf" else total
 
 
 def check_fusion(method: str, weights: Sequence[float], lists: int) -> None:
