@@ -14,7 +14,7 @@ A question is answered when its answer string (whitespace-insensitive) appears i
 passage. Printed per set, mode and half (held-back, tuning): hit@1, hit@5, MRR@5 and hit@5 per
 question kind; then the query latency seen by the client (p50/p99 over `--rounds` passes).
 `--dump DIR` also writes each question's raw dense and keyword rankings (top 50 chunks, as
-hybrid fuses them) to DIR/<set>.json, for bench/fusion_tuning.py.
+hybrid fuses them) to DIR/<set>.json, for tools/fusion_tuning.py.
 
 Hybrid weights come from HYBRID_DENSE_WEIGHT / HYBRID_KEYWORD_WEIGHT, as in the service.
 Exit codes: 0 done, 2 a corpus is not installed or a question set is inconsistent.

@@ -1,6 +1,6 @@
-"""Fusion variants compared offline on the raw rankings that hybrid_retrieval.py --dump wrote.
+"""Fusion variants compared offline on the raw rankings that bench/hybrid_retrieval.py --dump wrote.
 
-    .venv/bin/python bench/fusion_tuning.py DUMP_DIR [--held-back]
+    .venv/bin/python tools/fusion_tuning.py DUMP_DIR [--held-back]
 
 Each question's dense and keyword rankings (top 50 chunks, exactly what hybrid search fuses
 for top_k 5) are fused by each variant, merged into passages as the service merges them, and
