@@ -5,6 +5,8 @@
 Same weights, same tokenizer, one thread each (as the services run them). Prints:
 - one query at a time (the query service's path): p50/p90 milliseconds per query, and the
   ratio torch / ONNX Runtime;
+- concurrent queries (8 callers), ONNX Runtime on one executor thread: one pass per query
+  against passes shared by the queries waiting together (retrieval.query_batching): q/s;
 - bulk batches of full-window chunks (ingestion's path) in batches of 8 and 32: chunks/s.
 Runs alternate between the runtimes, so drift in machine load hits both alike; figures from
 a shared machine are noisy, the ratios within one run are what to read. Needs the ONNX export
@@ -14,9 +16,11 @@ that `make install` creates (tools/export_onnx.py).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import statistics
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -26,6 +30,7 @@ import numpy as np  # noqa: E402
 
 from retrieval.embeddings import MAX_TOKENS, Embedder, load_tokenizer  # noqa: E402
 from retrieval.onnx_embeddings import OnnxEmbedder  # noqa: E402
+from retrieval.query_batching import QueryBatcher  # noqa: E402
 
 QUERIES = [
     "What does work_mem limit?",
@@ -64,6 +69,29 @@ def per_query_ms(embed, queries: int) -> list[float]:
     return times
 
 
+async def concurrent_queries(embedder, queries: int, rounds: int) -> dict[str, list[float]]:
+    """Queries per second for 8 callers, each asking `queries / 8` queries in turn."""
+    rates: dict[str, list[float]] = {"one pass each": [], "shared passes": []}
+    with ThreadPoolExecutor(1) as executor:
+        batcher = QueryBatcher(embedder, executor)
+        loop = asyncio.get_running_loop()
+
+        async def one_each(text: str) -> None:
+            await loop.run_in_executor(executor, embedder.embed, [text])
+
+        for _ in range(rounds):
+            for name, embed in (("one pass each", one_each), ("shared passes", batcher.embed)):
+
+                async def caller(n: int, embed=embed) -> None:
+                    for i in range(queries // 8):
+                        await embed(QUERIES[(n + i) % len(QUERIES)])
+
+                started = time.perf_counter()
+                await asyncio.gather(*(caller(n) for n in range(8)))
+                rates[name].append(8 * (queries // 8) / (time.perf_counter() - started))
+    return rates
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--queries", type=int, default=200, help="queries per runtime")
@@ -86,6 +114,12 @@ def main() -> int:
         print(f"  {name:12} p50 {statistics.median(times):6.2f} ms   p90 {q[8]:6.2f} ms")
     ratio = statistics.median(query_times["torch"]) / statistics.median(query_times["onnxruntime"])
     print(f"  torch p50 / onnxruntime p50 = {ratio:.2f}")
+
+    rates = asyncio.run(concurrent_queries(runtimes["onnxruntime"], args.queries, args.rounds))
+    print("\n8 concurrent callers, ONNX Runtime on one executor thread:")
+    for name, values in rates.items():
+        print(f"  {name:22} {max(values):7.1f} queries/s")
+    print(f"  shared / one each = {max(rates['shared passes']) / max(rates['one pass each']):.2f}")
 
     chunks = full_window_chunks(args.chunks)
     print(f"\nbulk: {len(chunks)} full-window chunks, one thread (one embedding worker's pass):")

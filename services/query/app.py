@@ -10,6 +10,7 @@ import grpc
 
 from contextcache.v1 import crypto_pb2_grpc, query_pb2_grpc
 from retrieval.onnx_embeddings import query_embedder
+from retrieval.query_batching import QueryBatcher
 from runtime.clients import grpc_dependency, open_channel
 from runtime.config import ServiceName, Settings
 from runtime.health import Dependency
@@ -40,6 +41,7 @@ class QueryApp(ServiceApp):
         self.embed_executor = ThreadPoolExecutor(1, thread_name_prefix="query-embed")
         # Once per process, before the first query.
         await asyncio.get_running_loop().run_in_executor(self.embed_executor, self.embedder.load)
+        self.query_vectors = QueryBatcher(self.embedder, self.embed_executor)
         self.cache = QueryCache(self.settings.redis_url)
         self.crypto_channel = open_channel(self.settings.crypto_addr)
         self.crypto = crypto_pb2_grpc.CryptoServiceStub(self.crypto_channel)

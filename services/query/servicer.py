@@ -131,11 +131,10 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         embed_started = time.perf_counter()
         vector = None
         sparse = None
-        # The model runs on its executor thread while crypto hashes the query's terms.
+        # The model runs on its executor thread (in a pass shared with the queries that wait
+        # with this one, retrieval.query_batching) while crypto hashes the query's terms.
         embedding = (
-            asyncio.get_running_loop().run_in_executor(
-                self.app.embed_executor, self.app.embedder.embed, [query]
-            )
+            asyncio.ensure_future(self.app.query_vectors.embed(query))
             if mode in ("hybrid", "dense")
             else None
         )
@@ -148,7 +147,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
             ordered = sorted(merged)
             sparse = SparseTerms(ordered, [merged[i] for i in ordered])
         if embedding is not None:
-            vector = (await embedding)[0]
+            vector = await embedding
         embed_ms = _ms(embed_started)
         search_started = time.perf_counter()
         try:
