@@ -59,6 +59,7 @@ from retrieval.sealing import associated_data  # noqa: E402
 from runtime.config import Settings  # noqa: E402
 from runtime.ports import free_port  # noqa: E402
 from runtime.server import Server  # noqa: E402
+from runtime.tls import workload_identity  # noqa: E402
 from services.query.index import SearchFilter  # noqa: E402
 
 MODES = {
@@ -118,10 +119,12 @@ async def start_stack(data_dir: Path) -> tuple[dict[str, Server], dict[str, grpc
     apps = {"crypto": CryptoApp, "query": QueryApp, "ingest": IngestApp, "projects": ProjectsApp}
     servers: dict[str, Server] = {}
     channels: dict[str, grpc.aio.Channel] = {}
+    # Mutual TLS, as the operator workload (the development CA issues its certificate).
+    credentials = workload_identity(settings, "operator").channel_credentials()
     for name in SERVICES:
         servers[name] = Server(apps[name](settings))
         await servers[name].start(host="127.0.0.1", port=ports[name])
-        channels[name] = grpc.aio.insecure_channel(f"127.0.0.1:{ports[name]}")
+        channels[name] = grpc.aio.secure_channel(f"127.0.0.1:{ports[name]}", credentials)
     return servers, channels
 
 
