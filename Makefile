@@ -44,6 +44,9 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(if $(filter yes,$(INSTALL_DEV)),$(PIP_INSTALL_LOCKED) -r requirements-dev.txt)
 	# The repository and the generated code are importable from the virtualenv.
 	printf '%s\n%s\n' "$(CURDIR)" "$(CURDIR)/$(GEN)" > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/contextcache.pth"
+	# The query embedder's ONNX graph, exported from the packaged weights (offline), checked
+	# against torch's vectors, into the virtualenv.
+	$(PY) tools/export_onnx.py --force
 	touch $@
 
 PIP_COMPILE = $(VENV)/bin/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras \

@@ -136,9 +136,10 @@ class Settings(BaseSettings):
     # The RQ queue background ingestion jobs go to (with REDIS_URL).
     ingest_queue: str = Field(default="contextcache-ingest", min_length=1, max_length=100)
 
-    # Query: weights of the dense and keyword rankings in hybrid (reciprocal rank) fusion.
+    # Query: weights of the dense and keyword rankings in hybrid fusion (see
+    # services.query.index.fusion.HYBRID_FUSION).
     hybrid_dense_weight: float = Field(default=1.0, ge=0, le=10)
-    hybrid_keyword_weight: float = Field(default=1.0, ge=0, le=10)
+    hybrid_keyword_weight: float = Field(default=1.5, ge=0, le=10)
 
     # How often readiness re-checks dependencies, in seconds.
     health_check_interval: float = Field(default=5.0, gt=0, le=300)

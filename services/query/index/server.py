@@ -29,10 +29,23 @@ from qdrant_client import AsyncQdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from services.query.index.base import (
+    VectorIndex,
+)
+from services.query.index.bm25 import (
+    Bm25Params,
+)
+from services.query.index.codec import (
+    hit,
+    stored_chunk,
+)
+from services.query.index.fusion import (
+    fuse,
+    hits_in_order,
+)
+from services.query.index.types import (
     DENSE_DIM,
     DENSE_VECTOR,
     SPARSE_VECTOR,
-    Bm25Params,
     Fusion,
     Hit,
     IndexUnavailableError,
@@ -40,13 +53,8 @@ from services.query.index.base import (
     ScoredId,
     SearchFilter,
     StoredChunk,
-    VectorIndex,
     VectorIndexError,
     VectorQuery,
-    fuse,
-    hit,
-    hits_in_order,
-    stored_chunk,
 )
 
 log = logging.getLogger(__name__)
