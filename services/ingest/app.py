@@ -18,6 +18,7 @@ from runtime.outbox import AuditRelay
 from runtime.protos import CRYPTO_SERVICE, INGEST_SERVICE, QUERY_SERVICE
 from runtime.server import MB, ServiceApp
 from runtime.tokens import TokenVerifier
+from services.ingest.gauges import IngestGauges
 from services.ingest.ingestion import IngestionPipeline
 from services.ingest.jobs import JobQueue, Reaper
 from services.ingest.pipeline.fetch import UrlFetcher
@@ -100,9 +101,12 @@ class IngestApp(ServiceApp):
         self.reaper.start()
         assert self.relay is not None
         self.relay.start()
+        self.gauges = IngestGauges(self.store, self.queue, self.settings.metrics_interval)
+        self.gauges.start(run_first=True)
 
     async def stop(self) -> None:
         await self.tokens.stop()
+        await self.gauges.stop()
         await self.reaper.stop()
         if self.relay is not None:
             await self.relay.stop()

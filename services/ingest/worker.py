@@ -9,15 +9,23 @@ worker's certificate; the token lives in memory for the job's run.
 With HEALTH_PORT set, the worker answers the kubelet's liveness probe (`GET /livez`, plain
 HTTP: no gRPC in the process RQ forks from) with 200 while RQ's loop keeps heartbeating and
 503 once it has been silent for two worker TTLs (a wedged worker is restarted).
+
+Metrics (runtime/metrics.py): the work horses count in prometheus_client's multiprocess
+mode, in files under DATA_DIR/metrics/worker-<port>; the worker serves their sum on
+METRICS_PORT (default 9106). The files of finished horses are folded into one archive before
+each scrape; the directory is emptied when the worker starts.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import shutil
 import threading
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -95,18 +103,41 @@ def serve_liveness(host: str, port: int, worker: Any) -> ThreadingHTTPServer:
     return server
 
 
+def count_in_files(directory: Path) -> None:
+    """prometheus_client's multiprocess mode: every process forked from this one adds to
+    files under `directory`. Before runtime.metrics is imported (its metrics take the mode
+    when they are created)."""
+    import sys
+
+    if "runtime.metrics" in sys.modules:
+        raise RuntimeError("runtime.metrics was imported before the multiprocess mode was set")
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+    from prometheus_client import values
+
+    values.ValueClass = values.get_value_class()
+
+
 def main() -> None:
+    settings = load_settings()
+    configure_logging(settings.log_format, settings.log_level, "worker")
+    metrics_port = settings.metrics_port_of("worker")
+    if metrics_port:
+        count_in_files(Path(settings.data_dir) / "metrics" / f"worker-{metrics_port}")
+
     from redis import Redis
     from rq import Queue, Worker
 
     from retrieval.embeddings import load_model
+    from runtime import metrics
 
-    settings = load_settings()
-    configure_logging(settings.log_format, settings.log_level, "worker")
     configure_tracing(settings, "worker")
     configure_sentry(settings, "worker")
     if not settings.redis_url:
         raise SystemExit("REDIS_URL is required for the worker (without it, jobs run in-process)")
+    if metrics_port:
+        metrics.serve_multiprocess(metrics_port, settings.listen_host)
     connection = Redis.from_url(settings.redis_url)
     queue = Queue(settings.ingest_queue, connection=connection)
     worker = Worker([queue], connection=connection, worker_ttl=WORKER_TTL)

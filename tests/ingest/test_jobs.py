@@ -120,6 +120,8 @@ class WorkerProcess:
             "TOKENIZERS_PARALLELISM": "false",
             "LISTEN_HOST": "127.0.0.1",
             "HEALTH_PORT": str(self.health_port),
+            # Never the default metrics port: other stacks may run on this machine.
+            "METRICS_PORT": str(free_port()),
         }
         self.queue_name = settings.ingest_queue
         self.redis_url = str(settings.redis_url)
