@@ -109,6 +109,18 @@ INGEST_JOBS = Counter(
     ["outcome"],
 )
 
+# -- Audit outboxes (runtime/outbox.py: projects and ingest) ------------------------------
+AUDIT_OUTBOX_PENDING = Gauge(
+    "contextcache_audit_outbox_pending",
+    "Audit events recorded in this service's outbox and not yet appended by crypto.",
+    multiprocess_mode="max",
+)
+AUDIT_OUTBOX_OLDEST_AGE = Gauge(
+    "contextcache_audit_outbox_oldest_age_seconds",
+    "Age of the oldest audit event waiting in this service's outbox (0 when none waits).",
+    multiprocess_mode="max",
+)
+
 # -- Embeddings (retrieval/embeddings.py: ingestion and queries) ------------------------
 EMBEDDING_BATCH_SIZE = Histogram(
     "contextcache_embedding_batch_size",

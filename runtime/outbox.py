@@ -28,6 +28,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import grpc
 from sqlalchemy import (
@@ -50,8 +51,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from contextcache.internal.v1 import crypto_pb2 as crypto_internal_pb2
 from contextcache.internal.v1 import crypto_pb2_grpc
+from runtime import metrics
 from runtime.background import Periodic
-from runtime.db import utcnow
+from runtime.db import as_utc, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +177,23 @@ class AuditRelay:
         delivered = 0
         for project_id in due:
             delivered += await self.flush(project_id)
+        await self._measure()
         return delivered
+
+    async def _measure(self) -> None:
+        """The backlog, for metrics: events waiting and the age of the oldest."""
+        async with self.engine.connect() as connection:
+            count, oldest = (
+                await connection.execute(
+                    select(func.count(), func.min(self.table.c.recorded_at)).select_from(self.table)
+                )
+            ).one()
+        metrics.AUDIT_OUTBOX_PENDING.set(count)
+        oldest_at = oldest if isinstance(oldest, datetime) or oldest is None else None
+        if oldest is not None and oldest_at is None:  # SQLite returns an aggregate as text
+            oldest_at = datetime.fromisoformat(str(oldest))
+        age = 0.0 if oldest_at is None else (utcnow() - as_utc(oldest_at)).total_seconds()
+        metrics.AUDIT_OUTBOX_OLDEST_AGE.set(max(0.0, age))
 
     async def flush(self, project_id: str) -> int:
         """Delivers the project's pending events now, in order; stops at the first one crypto
