@@ -40,6 +40,11 @@ tokens): one tokenizer pass gives the count of every unit of the text at once.""
 # which the tokenizer deletes, joining the words around them).
 _GAP_CHARS = " \t\n\r\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 _UNIT = re.compile(f"[^{_GAP_CHARS}]+")
+# Matched (anchored, never searched) over a range: ends after its last gap character, in one
+# scan to the range's end and back.
+_LAST_GAP = re.compile(f"(?s:.*)[{_GAP_CHARS}]")
+# Characters per tokenizer call when counting the word pieces of a long text.
+_SEGMENT_CHARS = 1 << 16
 
 # Strength of the boundary after a unit, for choosing where a chunk ends.
 _JOINED = 0  # inside an over-long word: no whitespace follows
@@ -166,7 +171,7 @@ class Chunker:
                 breaks[-1] = _PARAGRAPH if sentence.ends_paragraph else _SENTENCE
         max_chars = self.max_chars
         if self._starts is not None:
-            counts = _counts_by_offsets(self._starts(text), starts, ends)
+            counts = _counts_by_offsets(self._token_starts(text), starts, ends)
         else:
             # Units over the character cap are cut whatever their count: not counting them
             # saves tokenizing megabytes of text without spaces as one word.
@@ -180,6 +185,29 @@ class Chunker:
         ):
             units = self._split_long_units(text, units)
         return units
+
+    def _token_starts(self, text: str) -> list[int]:
+        """`token_starts` of the whole text, asked of the tokenizer a segment at a time.
+
+        A tokenizer call holds the GIL throughout (seconds for megabytes); segments cut at
+        whitespace, where no word piece can cross, keep each call short and give the same
+        pieces. A stretch without whitespace longer than a segment is cut anyway: it lies in a
+        unit over the character cap, whose pieces are counted again on their own.
+        """
+        assert self._starts is not None
+        if len(text) <= _SEGMENT_CHARS:
+            return list(self._starts(text))
+        starts: list[int] = []
+        position, length = 0, len(text)
+        while position < length:
+            end = min(position + _SEGMENT_CHARS, length)
+            if end < length:
+                gap = _LAST_GAP.match(text, position + _SEGMENT_CHARS // 2, end)
+                if gap is not None:
+                    end = gap.end()
+            starts.extend(position + offset for offset in self._starts(text[position:end]))
+            position = end
+        return starts
 
     def _count_unique(self, texts: list[str]) -> list[int]:
         """Counts of each text, asking the tokenizer once per distinct text."""
