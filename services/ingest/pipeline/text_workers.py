@@ -1,0 +1,191 @@
+"""Worker processes for the CPU-heavy text steps, so that they never stall the serving process.
+
+Extraction, normalization, chunking (with its tokenizer pass), keyword terms and facts hold
+the GIL for as long as they run: CPython's regex engine, `unicodedata.normalize` and the
+tokenizer's `encode` are single calls that never release it (the tokenizer held it for many
+seconds on a 10 MB text), and pypdf and trafilatura are pure Python. Run on a thread of the
+serving process, a large or adversarial document made every RPC on it wait, health checks and
+lease heartbeats included. Here they run in a process pool made once per process and shared by
+every request and job; the serving process only pickles the text over and back.
+
+Every step is also linear in its input (see each module), so a worker is never held for long.
+
+In a forked child of the process that made the pool (an RQ work horse: one short-lived process
+per job, which serves no RPCs) the steps run on a thread instead; the pool does not survive a
+fork and spawning one per job would cost more than it saves. Never logs text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from functools import partial
+from typing import TypeVar
+
+from retrieval.terms import term_frequencies
+from runtime.errors import Unavailable
+from services.ingest.pipeline.chunker import Chunk, Chunker
+from services.ingest.pipeline.facts import Fact, extract_facts
+from services.ingest.pipeline.prepare import Prepared, prepare, prepare_text
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# The chunking window of all-MiniLM-L6-v2 and the overlap ingestion uses.
+MAX_TOKENS = 256
+OVERLAP_TOKENS = 32
+
+Spans = list[tuple[int, int]]
+TermCounts = list[dict[str, int]]
+
+
+# -- what runs in a worker (top-level functions: a spawned process imports them by name) ------
+
+_chunkers: dict[tuple[int, int], Chunker] = {}
+
+
+def _chunker(max_tokens: int, overlap_tokens: int) -> Chunker:
+    key = (max_tokens, overlap_tokens)
+    if key not in _chunkers:
+        _chunkers[key] = Chunker(max_tokens, overlap_tokens=overlap_tokens)
+    return _chunkers[key]
+
+
+def chunk_spans(text: str, max_tokens: int, overlap_tokens: int) -> Spans:
+    """[start, end) of each chunk of `text` (the texts themselves need not cross back)."""
+    return [(c.start, c.end) for c in _chunker(max_tokens, overlap_tokens).split(text)]
+
+
+def chunks_of(text: str, spans: Sequence[tuple[int, int]]) -> list[Chunk]:
+    return [Chunk(i, text[start:end], start, end) for i, (start, end) in enumerate(spans)]
+
+
+def terms_and_facts(text: str, spans: Spans) -> tuple[TermCounts, list[Fact]]:
+    """Keyword term frequencies of each chunk, and the facts of the text."""
+    chunks = chunks_of(text, spans)
+    return [term_frequencies(c.text) for c in chunks], extract_facts(text, chunks)
+
+
+def _warm_up() -> None:
+    """Loads the tokenizer and the extraction libraries once per worker."""
+    chunk_spans("Ready.", MAX_TOKENS, OVERLAP_TOKENS)
+
+
+# -- the serving side -------------------------------------------------------------------------
+
+
+def _default_processes() -> int:
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, 2))
+
+
+class TextWorkers:
+    """Runs the text steps in `processes` worker processes (0: on a thread of this process).
+
+    Workers are spawned, never forked (a fork of a process with gRPC and torch threads is not
+    safe), on first use or by `start`. If a worker dies (killed, out of memory), the pool is
+    made again and the steps that were running in it raise `Unavailable`, which ingestion
+    treats as transient: the document is retried, then failed with a reason.
+    """
+
+    def __init__(self, processes: int | None = None) -> None:
+        self.processes = _default_processes() if processes is None else processes
+        self._pool: ProcessPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        """Spawns the workers and loads what they need now rather than at the first document."""
+        if self.processes:
+            pool = self._executor()
+            for _ in range(self.processes):
+                pool.submit(_warm_up)
+
+    def close(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def _executor(self) -> ProcessPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ProcessPoolExecutor(
+                    self.processes, mp_context=multiprocessing.get_context("spawn")
+                )
+            return self._pool
+
+    async def _run(self, function: Callable[..., T], *args: object, **kwargs: object) -> T:
+        call = partial(function, *args, **kwargs)
+        if not self.processes:
+            return await asyncio.to_thread(call)
+        pool = self._executor()
+        try:
+            return await asyncio.get_running_loop().run_in_executor(pool, call)
+        except BrokenProcessPool:
+            with self._lock:
+                if self._pool is pool:
+                    self._pool = None
+            log.warning("a text worker process died; starting new ones")
+            raise Unavailable("The text processing worker stopped; try again") from None
+
+    async def prepare(
+        self,
+        content: bytes,
+        *,
+        filename: str | None = None,
+        content_type: str | None = None,
+        fallback_title: str = "",
+    ) -> Prepared:
+        """extract → normalize → hash (see `prepare.prepare`)."""
+        return await self._run(
+            prepare,
+            content,
+            filename=filename,
+            content_type=content_type,
+            fallback_title=fallback_title,
+        )
+
+    async def prepare_text(self, text: str, title: str) -> Prepared:
+        return await self._run(prepare_text, text, title)
+
+    async def chunk(
+        self, text: str, max_tokens: int = MAX_TOKENS, overlap_tokens: int = OVERLAP_TOKENS
+    ) -> list[Chunk]:
+        return chunks_of(text, await self._run(chunk_spans, text, max_tokens, overlap_tokens))
+
+    async def terms_and_facts(
+        self, text: str, chunks: Sequence[Chunk]
+    ) -> tuple[TermCounts, list[Fact]]:
+        return await self._run(terms_and_facts, text, [(c.start, c.end) for c in chunks])
+
+
+_shared: TextWorkers | None = None
+_shared_lock = threading.Lock()
+_forked = False
+
+
+def text_workers() -> TextWorkers:
+    """The process's text workers, made at first use (on a thread in a forked child)."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = TextWorkers(0 if _forked else None)
+        return _shared
+
+
+def _after_fork_in_child() -> None:
+    global _shared, _shared_lock, _forked
+    _shared, _shared_lock, _forked = None, threading.Lock(), True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
