@@ -36,8 +36,11 @@ async def test_worker_results_equal_those_of_this_process(workers: TextWorkers) 
     text = prepared.text
     chunks = await workers.chunk(text)
     assert chunks == Chunker(256, overlap_tokens=32).split(text)
-    frequencies, facts = await workers.terms_and_facts(text, chunks)
-    assert frequencies == [term_frequencies(c.text) for c in chunks]
+    chunk_terms, facts = await workers.terms_and_facts(text, chunks)
+    assert len(chunk_terms) == len(chunks)
+    assert [chunk_terms.of(i) for i in range(len(chunks))] == [
+        term_frequencies(c.text) for c in chunks
+    ]
     assert facts == extract_facts(text, chunks) and facts
     assert await workers.prepare(body.encode(), filename="s.txt") == prepare(
         body.encode(), filename="s.txt"

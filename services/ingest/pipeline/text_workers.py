@@ -22,11 +22,15 @@ import logging
 import multiprocessing
 import os
 import threading
+from array import array
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from functools import partial
 from typing import TypeVar
+
+import numpy as np
 
 from retrieval.terms import term_frequencies
 from runtime.errors import Unavailable
@@ -42,7 +46,47 @@ MAX_TOKENS = 256
 OVERLAP_TOKENS = 32
 
 Spans = list[tuple[int, int]]
-TermCounts = list[dict[str, int]]
+
+
+@dataclass(frozen=True)
+class ChunkTerms:
+    """Keyword term frequencies of each chunk of a document, in a compact form: the document's
+    distinct terms, and for chunk i the positions of its terms in that list and their counts,
+    `terms[bounds[i]:bounds[i + 1]]` and `counts[...]`. It crosses the process boundary as a
+    few buffers instead of a dict per chunk (millions of objects for a 10 MB text, unpickled
+    in one GIL-holding call)."""
+
+    vocabulary: list[str]
+    bounds: np.ndarray  # int64, one more than there are chunks
+    terms: np.ndarray  # uint32 positions in `vocabulary`
+    counts: np.ndarray  # uint32
+
+    def __len__(self) -> int:
+        return len(self.bounds) - 1
+
+    def of(self, chunk: int) -> dict[str, int]:
+        """Term frequencies of one chunk, as `retrieval.terms.term_frequencies` gives them."""
+        low, high = self.bounds[chunk], self.bounds[chunk + 1]
+        return {
+            self.vocabulary[t]: int(c)
+            for t, c in zip(self.terms[low:high], self.counts[low:high], strict=True)
+        }
+
+    @classmethod
+    def of_texts(cls, texts: Sequence[str]) -> ChunkTerms:
+        positions: dict[str, int] = {}
+        bounds, terms, counts = array("q", [0]), array("I"), array("I")
+        for text in texts:
+            for term, count in term_frequencies(text).items():
+                terms.append(positions.setdefault(term, len(positions)))
+                counts.append(count)
+            bounds.append(len(terms))
+        return cls(
+            list(positions),
+            np.frombuffer(bounds, dtype=np.int64),
+            np.frombuffer(terms, dtype=np.uint32),
+            np.frombuffer(counts, dtype=np.uint32),
+        )
 
 
 # -- what runs in a worker (top-level functions: a spawned process imports them by name) ------
@@ -66,10 +110,10 @@ def chunks_of(text: str, spans: Sequence[tuple[int, int]]) -> list[Chunk]:
     return [Chunk(i, text[start:end], start, end) for i, (start, end) in enumerate(spans)]
 
 
-def terms_and_facts(text: str, spans: Spans) -> tuple[TermCounts, list[Fact]]:
+def terms_and_facts(text: str, spans: Spans) -> tuple[ChunkTerms, list[Fact]]:
     """Keyword term frequencies of each chunk, and the facts of the text."""
     chunks = chunks_of(text, spans)
-    return [term_frequencies(c.text) for c in chunks], extract_facts(text, chunks)
+    return ChunkTerms.of_texts([c.text for c in chunks]), extract_facts(text, chunks)
 
 
 def _warm_up() -> None:
@@ -164,7 +208,7 @@ class TextWorkers:
 
     async def terms_and_facts(
         self, text: str, chunks: Sequence[Chunk]
-    ) -> tuple[TermCounts, list[Fact]]:
+    ) -> tuple[ChunkTerms, list[Fact]]:
         return await self._run(terms_and_facts, text, [(c.start, c.end) for c in chunks])
 
 
