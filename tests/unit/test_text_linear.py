@@ -131,6 +131,26 @@ def test_html_sniffing_is_linear_on_runs_of_comments() -> None:
     assert_linear(sniff, lambda n: "<!--a-->" * n + "x", (8, 500))
 
 
+HTML_PAGES: dict[str, Callable[[int], str]] = {
+    "many paragraphs": lambda n: "<html><body>" + "<p>A short paragraph of prose.</p>" * (n // 32),
+    "inline tags": lambda n: "<html><body><p>" + "<b><i>x</i></b> " * (n // 16) + "</p>",
+    "table cells": lambda n: "<html><body><table>" + "<tr><td>cell</td></tr>" * (n // 22),
+    "unclosed tags": lambda n: "<html><body>" + "<p><div>text " * (n // 14),
+    "one long word": lambda n: "<html><body><p>" + "a" * n + "</p>",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(HTML_PAGES))
+def test_html_extraction_is_linear(kind: str) -> None:
+    def read(page: str) -> None:
+        try:
+            extract_html(page.encode())
+        except UnreadableDocument:
+            pass
+
+    assert_linear(read, HTML_PAGES[kind], (20_000,))
+
+
 def test_deeply_nested_html_is_read_or_refused() -> None:
     page = "<html><body>" + "<div>" * 100_000 + "<p>Deep text here.</p>" + "</div>" * 100_000
     try:
