@@ -65,11 +65,27 @@ def _continues_lower_case(text: str, after: int) -> bool:
     return index < length and text[index].islower()
 
 
+# The last text split and its sentences: the chunker and the fact extractor split the same
+# document one after the other (in a text worker), and a document of many short sentences
+# spends much of its time here.
+_last: tuple[str, list[Sentence]] | None = None
+
+
 def split_sentences(text: str) -> list[Sentence]:
     """Sentences of `text` in order; whitespace between sentences belongs to none of them.
 
     Every non-whitespace character of the text lies in exactly one sentence.
     """
+    global _last
+    last = _last
+    if last is not None and last[0] == text:
+        return list(last[1])
+    sentences = _split(text)
+    _last = (text, sentences)
+    return list(sentences)
+
+
+def _split(text: str) -> list[Sentence]:
     sentences: list[Sentence] = []
     start = 0
     for match in _BOUNDARY.finditer(text):

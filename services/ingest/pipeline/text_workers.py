@@ -136,50 +136,61 @@ class TextWorkers:
     """Runs the text steps in `processes` worker processes (0: on a thread of this process).
 
     Workers are spawned, never forked (a fork of a process with gRPC and torch threads is not
-    safe), on first use or by `start`. If a worker dies (killed, out of memory), the pool is
-    made again and the steps that were running in it raise `Unavailable`, which ingestion
-    treats as transient: the document is retried, then failed with a reason.
+    safe), on first use or by `start`. Each worker is a pool of one process: a step goes to
+    the worker with the fewest steps waiting, except that a document's terms and facts go to
+    the worker that chunked it, which still holds its sentences (see `sentences`). If a
+    worker dies (killed, out of memory), it is made again and the steps that were running in
+    it raise `Unavailable`, which ingestion treats as transient: the document is retried, then
+    failed with a reason.
     """
 
     def __init__(self, processes: int | None = None) -> None:
         self.processes = _default_processes() if processes is None else processes
-        self._pool: ProcessPoolExecutor | None = None
+        self._pools: list[ProcessPoolExecutor | None] = [None] * self.processes
+        self._waiting = [0] * self.processes
+        # id() of a chunked text → the worker that chunked it (until its terms are asked for).
+        self._chunked_by: dict[int, int] = {}
         self._lock = threading.Lock()
 
     def start(self) -> None:
         """Spawns the workers and loads what they need now rather than at the first document."""
-        if self.processes:
-            pool = self._executor()
-            for _ in range(self.processes):
-                pool.submit(_warm_up)
+        for worker in range(self.processes):
+            self._executor(worker).submit(_warm_up)
 
     def close(self) -> None:
         with self._lock:
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+            pools, self._pools = self._pools, [None] * self.processes
+        for pool in pools:
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
 
-    def _executor(self) -> ProcessPoolExecutor:
+    def _executor(self, worker: int) -> ProcessPoolExecutor:
         with self._lock:
-            if self._pool is None:
-                self._pool = ProcessPoolExecutor(
-                    self.processes, mp_context=multiprocessing.get_context("spawn")
-                )
-            return self._pool
+            pool = self._pools[worker]
+            if pool is None:
+                pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+                self._pools[worker] = pool
+            return pool
 
-    async def _run(self, function: Callable[..., T], *args: object, **kwargs: object) -> T:
-        call = partial(function, *args, **kwargs)
+    def _least_busy(self) -> int:
+        return min(range(self.processes), key=self._waiting.__getitem__)
+
+    async def _run(self, function: Callable[..., T], *args: object, worker: int | None = None) -> T:
         if not self.processes:
-            return await asyncio.to_thread(call)
-        pool = self._executor()
+            return await asyncio.to_thread(function, *args)
+        worker = self._least_busy() if worker is None else worker
+        pool = self._executor(worker)
+        self._waiting[worker] += 1
         try:
-            return await asyncio.get_running_loop().run_in_executor(pool, call)
+            return await asyncio.get_running_loop().run_in_executor(pool, partial(function, *args))
         except BrokenProcessPool:
             with self._lock:
-                if self._pool is pool:
-                    self._pool = None
-            log.warning("a text worker process died; starting new ones")
+                if self._pools[worker] is pool:
+                    self._pools[worker] = None
+            log.warning("a text worker process died; starting a new one")
             raise Unavailable("The text processing worker stopped; try again") from None
+        finally:
+            self._waiting[worker] -= 1
 
     async def prepare(
         self,
@@ -191,11 +202,10 @@ class TextWorkers:
     ) -> Prepared:
         """extract → normalize → hash (see `prepare.prepare`)."""
         return await self._run(
-            prepare,
+            partial(
+                prepare, filename=filename, content_type=content_type, fallback_title=fallback_title
+            ),
             content,
-            filename=filename,
-            content_type=content_type,
-            fallback_title=fallback_title,
         )
 
     async def prepare_text(self, text: str, title: str) -> Prepared:
@@ -204,12 +214,21 @@ class TextWorkers:
     async def chunk(
         self, text: str, max_tokens: int = MAX_TOKENS, overlap_tokens: int = OVERLAP_TOKENS
     ) -> list[Chunk]:
-        return chunks_of(text, await self._run(chunk_spans, text, max_tokens, overlap_tokens))
+        worker = self._least_busy() if self.processes else None
+        spans = await self._run(chunk_spans, text, max_tokens, overlap_tokens, worker=worker)
+        if worker is not None:
+            if len(self._chunked_by) > 1000:  # texts whose terms were never asked for
+                self._chunked_by.clear()
+            self._chunked_by[id(text)] = worker
+        return chunks_of(text, spans)
 
     async def terms_and_facts(
         self, text: str, chunks: Sequence[Chunk]
     ) -> tuple[ChunkTerms, list[Fact]]:
-        return await self._run(terms_and_facts, text, [(c.start, c.end) for c in chunks])
+        worker = self._chunked_by.pop(id(text), None)
+        return await self._run(
+            terms_and_facts, text, [(c.start, c.end) for c in chunks], worker=worker
+        )
 
 
 _shared: TextWorkers | None = None
