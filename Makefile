@@ -11,11 +11,17 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 BUF := $(VENV)/bin/buf
 GEN := gen
-PROTO_FILES := $(wildcard protos/contextcache/v1/*.proto)
+PROTO_FILES := $(wildcard protos/contextcache/v1/*.proto) $(wildcard protos/contextcache/internal/v1/*.proto)
 # Our wire-compatible subset of Envoy's rate limit service API (services/ratelimit).
 RLS_PROTO_FILES := $(wildcard protos/envoy_rls/*.proto)
 VALIDATE_DESC := build/protovalidate.binpb
 IMAGE := build/contextcache.binpb
+# The web console (web/): npm dependencies locked by web/package-lock.json; TypeScript
+# clients generated from the public protos into web/src/gen; the built app in web/dist.
+WEB := web
+NPM ?= npm
+WEB_SOURCES := $(shell find $(WEB)/src -type f -not -path '$(WEB)/src/gen/*' 2>/dev/null) \
+  $(WEB)/index.html $(WEB)/vite.config.ts $(WEB)/tsconfig.json $(WEB)/buf.gen.yaml
 
 .PHONY: help
 help: ## List the targets
@@ -31,8 +37,16 @@ $(VENV)/.installed: requirements.txt
 	printf '%s\n%s\n' "$(CURDIR)" "$(CURDIR)/$(GEN)" > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/contextcache.pth"
 	touch $@
 
+# The `contextcache` command (console script of pyproject.toml), for this checkout.
+$(VENV)/bin/contextcache: pyproject.toml $(VENV)/.installed
+	$(PIP) install -q --no-deps --no-build-isolation -e .
+	touch $@
+
+# INSTALL_CONSOLE=no skips the console (the Dockerfile builds it in a Node stage).
+INSTALL_CONSOLE ?= yes
+
 .PHONY: install
-install: $(VENV)/.installed protos ## Create the virtualenv with pinned dependencies and generate the protos
+install: $(VENV)/.installed $(VENV)/bin/contextcache protos $(if $(filter yes,$(INSTALL_CONSOLE)),console) ## Create the virtualenv with pinned dependencies, the `contextcache` command, the protos and the web console
 
 $(VALIDATE_DESC): $(VENV)/.installed tools/protovalidate_descriptor.py
 	$(PY) tools/protovalidate_descriptor.py $@
@@ -52,12 +66,25 @@ $(GEN)/.stamp: $(PROTO_FILES) $(RLS_PROTO_FILES) $(VALIDATE_DESC)
 .PHONY: protos
 protos: $(GEN)/.stamp ## Generate Python messages, .pyi stubs and gRPC stubs into gen/
 
+$(WEB)/node_modules/.installed: $(WEB)/package.json $(WEB)/package-lock.json
+	@command -v $(NPM) >/dev/null || { echo "The web console needs Node.js 20+ and npm (e.g. apt-get install nodejs npm)" >&2; exit 1; }
+	cd $(WEB) && $(NPM) ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+$(WEB)/dist/index.html: $(WEB)/node_modules/.installed $(GEN)/.stamp $(WEB_SOURCES)
+	cd $(WEB) && PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(NPM) run --silent generate
+	cd $(WEB) && $(NPM) run --silent build
+
+.PHONY: console
+console: $(WEB)/dist/index.html ## Build the web console into web/dist (TypeScript clients from the public protos)
+
 .PHONY: lint
-lint: install ## ruff, buf lint, buf format check
+lint: install ## ruff, buf lint, buf format check, tsc (web console)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(BUF) lint $(IMAGE) --path contextcache
 	$(BUF) format --diff --exit-code protos
+	cd $(WEB) && node_modules/.bin/tsc --noEmit
 
 .PHONY: breaking
 breaking: install ## buf breaking (FILE) against the protos of BASE (default: origin/main or HEAD)
@@ -85,4 +112,4 @@ bench: install ## Run the benchmarks (prints figures)
 
 .PHONY: clean
 clean: ## Remove generated code, build output and local data
-	rm -rf $(GEN) build var
+	rm -rf $(GEN) build var $(WEB)/dist $(WEB)/src/gen $(WEB)/node_modules

@@ -106,6 +106,7 @@ def main() -> None:
         DATA_DIR=str(work),
         GATEWAY_PORT=str(free_port()),
         GATEWAY_ADMIN_PORT=str(free_port()),
+        CONSOLE_PORT=str(free_port()),
         GATEWAY_HEALTH_CHECK_INTERVAL="1",
         GATEWAY_LOCAL_RATE_LIMIT=str(RAISED),
         RATELIMIT_RULES=str(rules),

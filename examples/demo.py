@@ -113,6 +113,7 @@ def demo_environment(data_dir: Path) -> dict[str, str]:
         DATA_DIR=str(data_dir),
         GATEWAY_PORT=str(free_port()),
         GATEWAY_ADMIN_PORT=str(free_port()),
+        CONSOLE_PORT=str(free_port()),
         # Envoy routes as soon as its first health check of each service passes.
         GATEWAY_HEALTH_CHECK_INTERVAL="1",
         # Unlock tokens of this run are sealed with a key that dies with it.

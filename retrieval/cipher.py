@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from contextcache.v1 import crypto_pb2, crypto_pb2_grpc
+from contextcache.internal.v1 import crypto_pb2, crypto_pb2_grpc
 from runtime.clients import calling
 from runtime.tokens import TOKEN_METADATA_KEY
 
@@ -17,10 +17,11 @@ BATCH = 2000  # items per EncryptBatch/DecryptBatch call (well under the message
 
 class ContentCipher:
     def __init__(
-        self, crypto: crypto_pb2_grpc.CryptoServiceStub, project_id: str, token: str
+        self, crypto: crypto_pb2_grpc.CryptoInternalServiceStub, project_id: str, token: str
     ) -> None:
         self.crypto = crypto
         self.project_id = project_id
+        self.token = token
         self.metadata = ((TOKEN_METADATA_KEY, token),)
 
     async def encrypt(self, items: Sequence[tuple[bytes, bytes]]) -> list[bytes]:

@@ -3,6 +3,10 @@
 Every outgoing call carries the remaining deadline of the incoming call it serves (or a
 default), the request id, and a client span (OpenTelemetry). Channels are created inside
 the process that uses them (never before an RQ fork).
+
+Every channel is mutual TLS with the calling workload's certificate, and expects the
+callee's certificate (`<service>.contextcache.internal`), so a call reaches only the
+service it was meant for, whatever the address resolves to.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from opentelemetry.instrumentation.grpc import aio_client_interceptors
 from runtime import context as call_context
 from runtime.health import Dependency
 from runtime.telemetry import traced
+from runtime.tls import Identity, target_name
 
 DEFAULT_TIMEOUT = 30.0
 CHANNEL_OPTIONS: Sequence[tuple[str, Any]] = (
@@ -67,10 +72,19 @@ class DeadlinePropagation(
         return await continuation(_call_options(client_call_details), request)
 
 
-def open_channel(address: str) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(
+def open_channel(address: str, identity: Identity, service: str | None = None) -> grpc.aio.Channel:
+    """A channel to `service` at `address`, authenticated as `identity`.
+
+    `service` (a workload name) pins the certificate expected from the server; None accepts
+    any of our CA's certificates valid for the address (tools and tests dialling 127.0.0.1).
+    """
+    options = list(CHANNEL_OPTIONS)
+    if service is not None:
+        options.append(("grpc.ssl_target_name_override", target_name(service)))
+    return grpc.aio.secure_channel(
         address,
-        options=CHANNEL_OPTIONS,
+        identity.channel_credentials(),
+        options=options,
         interceptors=[
             *aio_client_interceptors(filter_=traced),
             DeadlinePropagation(),
@@ -114,16 +128,21 @@ def remote_error(error: grpc.aio.AioRpcError, service: str) -> Exception:
     their code, message and details; an unreachable service becomes UNAVAILABLE; anything
     else stays unexpected (INTERNAL with a reference id).
     """
-    from runtime.errors import ServiceError, Unavailable
+    from runtime import errors
 
     code = error.code()
     if code in _PASSED_THROUGH:
-        passed = ServiceError(error.details() or code.name)
+        # The same error type as the callee raised, so callers can match it by type.
+        kind = next(
+            (k for k in errors.ServiceError.__subclasses__() if k.code == code),
+            errors.ServiceError,
+        )
+        passed = kind(error.details() or code.name)
         passed.code = code
         passed.remote_status = _status_details(error)
         return passed
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-        return Unavailable(f"The {service} service is unavailable. Try again shortly")
+        return errors.Unavailable(f"The {service} service is unavailable. Try again shortly")
     return RuntimeError(f"{service} call failed with {code.name}")
 
 

@@ -46,6 +46,13 @@ class Settings(BaseSettings):
     # Where this process listens; PORT overrides the service's default port.
     listen_host: str = "127.0.0.1"
     port: int | None = Field(default=None, ge=1, le=65535)
+    # A plaintext listener serving only the gRPC health service, for Kubernetes' gRPC probes
+    # (which cannot present a client certificate). Unset: no such listener.
+    health_port: int | None = Field(default=None, ge=1, le=65535)
+    # Workload certificates: <TLS_DIR>/<identity>/{tls.crt,tls.key,ca.crt} (cert-manager's
+    # Secret layout). Unset: DATA_DIR/tls, where a development CA is created outside
+    # production. Every service port speaks mutual TLS.
+    tls_dir: Path | None = None
 
     # Storage. Without DATABASE_URL each service uses its own SQLite file under DATA_DIR.
     data_dir: Path = REPO_ROOT / "var"
@@ -74,6 +81,13 @@ class Settings(BaseSettings):
     # Envoy-wide token bucket (requests per second) that holds if the ratelimit service is down.
     gateway_local_rate_limit: int = Field(default=200, ge=1)
 
+    # Web console (runtime/console.py): its port (PORT overrides), the built app it serves and
+    # the gateway URL it gives browsers ("/" = same origin; unset = the gateway port on the
+    # host name the browser used for the console).
+    console_port: int = Field(default=3000, ge=1, le=65535)
+    console_dist: Path = REPO_ROOT / "web" / "dist"
+    console_gateway_url: str | None = None
+
     # Rate limiting: the rules file (envoyproxy/ratelimit format), the Redis key prefix and
     # how often, in seconds, to try Redis again while counting in memory.
     ratelimit_rules: Path = REPO_ROOT / "envoy" / "ratelimit.yaml"
@@ -85,8 +99,10 @@ class Settings(BaseSettings):
     sentry_traces_sample_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     otel_exporter_otlp_endpoint: str | None = None
 
-    # Crypto: the key that seals unlock tokens (base64 of 32 bytes). Required in production.
+    # Crypto only: the key that seals and signs tokens (base64 of 32 bytes; required in
+    # production), and keys rotated out whose tokens stay valid (comma-separated).
     token_sealing_key: str | None = Field(default=None, repr=False)
+    token_sealing_key_previous: str | None = Field(default=None, repr=False)
 
     # Ingest: allow fetching URLs on private/loopback addresses (tests and local demos only).
     url_fetch_allow_private: bool = False
@@ -139,6 +155,10 @@ class Settings(BaseSettings):
     @property
     def hybrid_weights(self) -> tuple[float, float]:
         return (self.hybrid_dense_weight, self.hybrid_keyword_weight)
+
+    @property
+    def tls_root(self) -> Path:
+        return self.tls_dir or self.data_dir / "tls"
 
     @property
     def index_path(self) -> Path:

@@ -12,6 +12,8 @@ import time
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 # Absolute deadline on the time.monotonic() clock; None when the caller set none.
 deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("deadline", default=None)
+# The calling workload, from its verified certificate (runtime/callers.py); None when unknown.
+caller: contextvars.ContextVar[str | None] = contextvars.ContextVar("caller", default=None)
 
 
 def time_remaining() -> float | None:

@@ -7,6 +7,7 @@ else becomes INTERNAL with a reference id — never exception text.
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -82,7 +83,23 @@ class PermissionDenied(ServiceError):
 
 
 class ResourceExhausted(ServiceError):
+    """Over a limit; `retry_after` (seconds) goes to the caller as google.rpc.RetryInfo."""
+
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def to_status(self) -> status_pb2.Status:
+        status = super().to_status()
+        if self.retry_after is not None and not self.remote_status:
+            info = error_details_pb2.RetryInfo()
+            info.retry_delay.FromTimedelta(datetime.timedelta(seconds=self.retry_after))
+            detail = any_pb2.Any()
+            detail.Pack(info)
+            status.details.append(detail)
+        return status
 
 
 class Unavailable(ServiceError):

@@ -20,6 +20,8 @@ import sys
 from pathlib import Path
 
 from runtime.config import REPO_ROOT, Settings, load_settings
+from runtime.protos import PUBLIC_METHODS
+from runtime.tls import CA_FILE, CERT_FILE, KEY_FILE, ensure_dev_pki
 from services.ratelimit.rules import load_rules
 
 TEMPLATE = REPO_ROOT / "envoy" / "envoy.yaml"
@@ -40,8 +42,42 @@ def _seconds(value: float) -> str:
     return f"{value:g}"
 
 
+# Which gateway cluster serves which public service.
+CLUSTERS = {
+    "PROJECTS": "contextcache.v1.ProjectService",
+    "INGEST": "contextcache.v1.IngestService",
+    "QUERY": "contextcache.v1.QueryService",
+    "CRYPTO": "contextcache.v1.CryptoService",
+}
+
+
+def _is_read(service: str, method: str) -> bool:
+    """Idempotent calls the gateway may retry on UNAVAILABLE."""
+    return method.startswith(("Get", "List")) or (
+        service.endswith("QueryService") and method == "Query"
+    )
+
+
+def public_method_regexes(methods: tuple[str, ...] = PUBLIC_METHODS) -> dict[str, str]:
+    """<CLUSTER>_METHODS and <CLUSTER>_READS: regexes (escaped for a YAML double-quoted
+    string) matching exactly the public methods of each service, from the descriptors."""
+    values = {}
+    for cluster, service in CLUSTERS.items():
+        names = [m.rsplit("/", 1)[1] for m in methods if m.startswith(f"/{service}/")]
+        reads = [name for name in names if _is_read(service, name)]
+        prefix = "/" + service.replace(".", "\\\\.") + "/"
+        values[f"{cluster}_METHODS"] = f"{prefix}({'|'.join(names)})"
+        values[f"{cluster}_READS"] = f"{prefix}({'|'.join(reads)})"
+    return values
+
+
 def substitutions(settings: Settings) -> dict[str, str]:
+    envoy_tls = settings.tls_root / "envoy"
     values = {
+        "TLS_CERT": str(envoy_tls / CERT_FILE),
+        "TLS_KEY": str(envoy_tls / KEY_FILE),
+        "TLS_CA": str(envoy_tls / CA_FILE),
+        **public_method_regexes(),
         "LISTEN_HOST": settings.gateway_host,
         "LISTEN_PORT": str(settings.gateway_port),
         "ADMIN_PORT": str(settings.gateway_admin_port),
@@ -69,6 +105,8 @@ def render(settings: Settings, path: Path | None = None) -> Path:
     """Writes the rendered configuration (default: DATA_DIR/envoy.yaml); returns its path."""
     path = path or settings.data_dir / "envoy.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
+    if settings.environment != "production":
+        ensure_dev_pki(settings.tls_root)  # Envoy's certificate, from the development CA
     path.write_text(render_text(settings), encoding="utf-8")
     return path
 

@@ -1,8 +1,9 @@
 """Server interceptors: validation, error mapping and request logging for every RPC.
 
-Order for each call: record context (request id, deadline) → validate the request against
-its protovalidate rules → run the handler → map errors to statuses → log one line and set
-`x-process-time` in trailing metadata. Never logs request or response bodies.
+Order for each call: record context (request id, deadline) → check the caller's identity
+against runtime/callers.py's table (before anything reads the request) → validate the
+request against its protovalidate rules → run the handler → map errors to statuses → log
+one line and set `x-process-time` in trailing metadata. Never logs request or response bodies.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from google.protobuf.message import Message
 
 from runtime import context as call_context
 from runtime.background import cancel_and_wait
+from runtime.callers import authorize_caller, client_address
 from runtime.errors import (
     STATUS_DETAILS_KEY,
     FieldViolation,
@@ -112,17 +114,21 @@ class _Call:
         level = logging.DEBUG if self.method.startswith(QUIET_PREFIXES) else logging.INFO
         log.log(
             level,
-            "%s %s %.1fms peer=%s request_id=%s",
+            "%s %s %.1fms peer=%s client=%s caller=%s request_id=%s",
             self.method,
             self.code.name,
             elapsed * 1000,
             self.context.peer(),
+            client_address(self.context),
+            call_context.caller.get() or "-",
             self.request_id,
             extra={
                 "rpc_method": self.method,
                 "rpc_code": self.code.name,
                 "duration_ms": round(elapsed * 1000, 3),
                 "peer": self.context.peer(),
+                "client": client_address(self.context),
+                "caller": call_context.caller.get(),
                 "request_id": self.request_id,
             },
         )
@@ -208,6 +214,7 @@ def _wrap(
         async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             call = _Call(method, context)
             async with _guard(call):
+                call_context.caller.set(authorize_caller(method, context))
                 if unary_request:
                     validate(request)
                 responses = (
@@ -223,6 +230,7 @@ def _wrap(
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
         call = _Call(method, context)
         async with _guard(call):
+            call_context.caller.set(authorize_caller(method, context))
             if unary_request:
                 validate(request)
             return await behavior(request, context)

@@ -1,8 +1,10 @@
 """Opaque page tokens and page sizes for every List RPC.
 
 A page token is a keyset cursor (the sort key of the last item returned), so items created
-while a client pages through a list never shift later pages. Tokens are base64 JSON; they
-are opaque to clients and checked strictly here.
+while a client pages through a list never shift later pages. Tokens are base64 JSON of
+[list kind, values…]; they are opaque to clients and checked strictly here: a token that is
+not base64, not JSON, of another shape, of another list, or whose values do not parse
+(a timestamp that is not one) is INVALID_ARGUMENT naming `page_token` — never INTERNAL.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from datetime import datetime
 from typing import Any
 
 from runtime.errors import InvalidArgument
@@ -22,25 +25,37 @@ def page_size(request: Any, default: int = DEFAULT_PAGE_SIZE) -> int:
     return request.page_size if request.HasField("page_size") else default
 
 
-def encode_cursor(*values: str | int) -> str:
-    return base64.urlsafe_b64encode(json.dumps(list(values)).encode()).decode().rstrip("=")
+def encode_cursor(kind: str, *values: str | int | datetime) -> str:
+    plain = [kind, *(v.isoformat() if isinstance(v, datetime) else v for v in values)]
+    return base64.urlsafe_b64encode(json.dumps(plain).encode()).decode().rstrip("=")
 
 
-def decode_cursor(token: str, types: tuple[type, ...]) -> tuple[Any, ...] | None:
-    """The cursor values of `token`, or None for the first page."""
+def _parse(value: Any, kind: type) -> Any:
+    if kind is datetime:
+        if not isinstance(value, str):
+            raise ValueError("not a timestamp")
+        parsed = datetime.fromisoformat(value)
+        if parsed.tzinfo is None:
+            raise ValueError("a timestamp without its zone")
+        return parsed
+    if kind is int and isinstance(value, bool):
+        raise ValueError("not an integer")
+    if not isinstance(value, kind):
+        raise ValueError(f"not a {kind.__name__}")
+    return value
+
+
+def decode_cursor(token: str, kind: str, types: tuple[type, ...]) -> tuple[Any, ...] | None:
+    """The cursor values of `token` (a page of list `kind`), or None for the first page."""
     if not token:
         return None
     try:
         padded = token + "=" * (-len(token) % 4)
         values = json.loads(base64.urlsafe_b64decode(padded.encode()))
-    except (binascii.Error, ValueError, UnicodeDecodeError):
-        values = None
-    if (
-        not isinstance(values, list)
-        or len(values) != len(types)
-        or not all(isinstance(v, t) for v, t in zip(values, types, strict=True))
-    ):
+        if not isinstance(values, list) or len(values) != len(types) + 1 or values[0] != kind:
+            raise ValueError("another shape or list")
+        return tuple(_parse(v, t) for v, t in zip(values[1:], types, strict=True))
+    except (binascii.Error, ValueError, UnicodeDecodeError, TypeError, OverflowError):
         raise InvalidArgument.for_field(
             "page_token", "Invalid page token. Pass next_page_token from the previous page"
-        )
-    return tuple(values)
+        ) from None

@@ -6,6 +6,9 @@ from datetime import datetime
 
 from google.protobuf import timestamp_pb2
 
+from contextcache.internal.v1 import crypto_pb2 as crypto_internal_pb2
+from contextcache.internal.v1 import ingest_pb2 as ingest_internal_pb2
+from contextcache.internal.v1 import query_pb2 as query_internal_pb2
 from contextcache.v1 import (
     crypto_pb2,
     ingest_pb2,
@@ -13,12 +16,32 @@ from contextcache.v1 import (
     query_pb2,
 )
 
+# The public API: what clients, the gateway and reflection show.
 API_MODULES = (projects_pb2, crypto_pb2, ingest_pb2, query_pb2)
+# Service-to-service only (mutual TLS and runtime/callers.py's table; never routed).
+INTERNAL_MODULES = (crypto_internal_pb2, ingest_internal_pb2, query_internal_pb2)
 
-SERVICE_NAMES: tuple[str, ...] = tuple(
-    service.full_name
-    for module in API_MODULES
-    for service in module.DESCRIPTOR.services_by_name.values()
+
+def _services(modules):  # type: ignore[no-untyped-def]
+    return tuple(
+        service for module in modules for service in module.DESCRIPTOR.services_by_name.values()
+    )
+
+
+SERVICE_NAMES: tuple[str, ...] = tuple(service.full_name for service in _services(API_MODULES))
+INTERNAL_SERVICE_NAMES: tuple[str, ...] = tuple(
+    service.full_name for service in _services(INTERNAL_MODULES)
+)
+# "/contextcache.v1.ProjectService/CreateProject", … : every public method's path.
+PUBLIC_METHODS: tuple[str, ...] = tuple(
+    f"/{service.full_name}/{method.name}"
+    for service in _services(API_MODULES)
+    for method in service.methods
+)
+INTERNAL_METHODS: tuple[str, ...] = tuple(
+    f"/{service.full_name}/{method.name}"
+    for service in _services(INTERNAL_MODULES)
+    for method in service.methods
 )
 
 PROJECT_SERVICE = projects_pb2.DESCRIPTOR.services_by_name["ProjectService"].full_name

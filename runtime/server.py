@@ -3,6 +3,12 @@
 A service supplies a `ServiceApp` (its servicers, dependencies and start/stop hooks); this
 module adds the interceptors, health, reflection, keepalive and message-size options, and
 runs it until SIGTERM/SIGINT, then drains in-flight calls and stops cleanly.
+
+The service port speaks mutual TLS only (runtime/tls.py): a caller without a certificate
+from the deployment's CA is refused in the handshake, and runtime/callers.py's table says
+which identity may call which method. Kubernetes' gRPC probes cannot present a
+certificate, so HEALTH_PORT, when set, adds a plaintext listener serving the health
+service and nothing else.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from runtime.interceptors import RpcInterceptor
 from runtime.logs import configure_logging
 from runtime.protos import SERVICE_NAMES
 from runtime.telemetry import configure_sentry, configure_tracing, traced
+from runtime.tls import Identity, TlsConfigError, workload_identity
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +56,8 @@ class ReflectionPool:
 
 
 class ListenError(RuntimeError):
-    """The server could not take its address (another process holds the port)."""
+    """The server could not take its address (another process holds the port), or has no
+    certificate to serve it with."""
 
 
 class ServiceApp(abc.ABC):
@@ -58,12 +66,27 @@ class ServiceApp(abc.ABC):
     name: ServiceName
     # Full names of the gRPC services this app serves (health names).
     service_names: Sequence[str] = ()
+    # Of those, the ones reflection may advertise besides the ContextCache public API.
+    public_service_names: Sequence[str] = ()
     # Largest request this service accepts (ingest raises it for 50 MB uploads).
     max_receive_bytes: int = 4 * MB
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.readiness = Readiness(self.service_names, [], settings.environment)
+        self._identity: Identity | None = None
+
+    @property
+    def identity_name(self) -> str:
+        """The workload name in this app's certificate (the worker overrides it)."""
+        return self.name.value
+
+    @property
+    def identity(self) -> Identity:
+        """This workload's certificate: serves its port and authenticates its calls."""
+        if self._identity is None:
+            self._identity = workload_identity(self.settings, self.identity_name)
+        return self._identity
 
     def dependencies(self) -> list[Dependency]:
         return []
@@ -103,12 +126,28 @@ class Server:
         self.app = app
         self.settings = app.settings
         self.port = 0
+        self.health_port = 0
         self.server = grpc.aio.server(
             interceptors=[aio_server_interceptor(filter_=traced), RpcInterceptor()],
             options=server_options(app.max_receive_bytes),
         )
+        self.probe_server: grpc.aio.Server | None = None
 
-    async def start(self, host: str | None = None, port: int | None = None) -> int:
+    def _listen(self, server: grpc.aio.Server, address: str, credentials) -> int:  # type: ignore[no-untyped-def]
+        try:
+            if credentials is None:
+                return server.add_insecure_port(address)
+            return server.add_secure_port(address, credentials)
+        except RuntimeError:
+            return 0
+
+    async def start(
+        self, host: str | None = None, port: int | None = None, health_port: int | None = None
+    ) -> int:
+        try:
+            credentials = self.app.identity.server_credentials()
+        except TlsConfigError as error:
+            raise ListenError(f"{self.app.name.value}: {error}") from None
         await self.app.start()
         readiness = self.app.readiness
         readiness.dependencies = self.app.dependencies()
@@ -116,8 +155,9 @@ class Server:
         health_pb2_grpc.add_HealthServicer_to_server(readiness.servicer, self.server)
         reflection.enable_server_reflection(
             (
-                # Every ContextCache service, plus any other API this app serves (ratelimit).
-                *dict.fromkeys((*SERVICE_NAMES, *self.app.service_names)),
+                # The public API only: internal services are not advertised (grpcurl reaches
+                # them with -proto files and a workload certificate; see examples/README.md).
+                *dict.fromkeys((*SERVICE_NAMES, *self.app.public_service_names)),
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ),
@@ -126,24 +166,39 @@ class Server:
         )
         host = host or self.settings.listen_host
         port = self.settings.listen_port(self.app.name) if port is None else port
-        try:
-            self.port = self.server.add_insecure_port(f"{host}:{port}")
-        except RuntimeError:
-            self.port = 0
+        self.port = self._listen(self.server, f"{host}:{port}", credentials)
+        health_port = self.settings.health_port if health_port is None else health_port
+        if self.port and health_port is not None:
+            # Health only, in plaintext, for the kubelet's gRPC probes.
+            self.probe_server = grpc.aio.server(options=server_options(64 * 1024))
+            health_pb2_grpc.add_HealthServicer_to_server(readiness.servicer, self.probe_server)
+            self.health_port = self._listen(self.probe_server, f"{host}:{health_port}", None)
+            if not self.health_port:
+                port = health_port
+                self.port = 0
         if not self.port:
             await self.app.stop()
             raise ListenError(
                 f"{self.app.name.value} cannot listen on {host}:{port}: the address is in use "
-                "or not available here (set PORT or LISTEN_HOST)"
+                "or not available here (set PORT, HEALTH_PORT or LISTEN_HOST)"
             )
         await self.server.start()
+        if self.probe_server is not None:
+            await self.probe_server.start()
         await readiness.start(self.settings.health_check_interval)
-        log.info("%s listening on %s:%d", self.app.name.value, host, self.port)
+        log.info("%s listening on %s:%d (mutual TLS)", self.app.name.value, host, self.port)
+        if self.health_port:
+            log.info(
+                "%s health probes on %s:%d (plaintext)", self.app.name.value, host, self.health_port
+            )
         return self.port
 
     async def stop(self, grace: float | None = None) -> None:
         await self.app.readiness.stop()
-        await self.server.stop(self.settings.shutdown_grace if grace is None else grace)
+        grace = self.settings.shutdown_grace if grace is None else grace
+        if self.probe_server is not None:
+            await self.probe_server.stop(0)
+        await self.server.stop(grace)
         await self.app.stop()
 
     async def wait(self) -> None:

@@ -4,6 +4,9 @@ Starts crypto, projects, ingest, query, the rate-limit service, the ingest worke
 with REDIS_URL) and Envoy as child processes, waits until each is ready, and on Ctrl-C
 or SIGTERM stops them in reverse order (SIGTERM, then SIGKILL after a grace period), so
 nothing is left running. If any child dies, everything is stopped and the exit code says so.
+
+Once `make install` has built it, the web console's file server (runtime/console.py) is one
+more child, and its origin is added to the gateway's CORS origins.
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from runtime import console
 from runtime.config import REPO_ROOT, ServiceName, Settings, load_settings
 from runtime.gateway import envoy_command, render
+from runtime.tls import Identity, workload_identity
 
 STOP_GRACE = 15.0
 
@@ -30,6 +35,7 @@ class Child:
     name: str
     argv: list[str]
     port: int | None = None  # gRPC port to probe for readiness
+    http: bool = False  # probe `port` with GET /healthz instead
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
 
@@ -53,12 +59,17 @@ def children(settings: Settings) -> list[Child]:
     ]
     if settings.redis_url:
         services.append(Child("worker", [python, "-m", "services.ingest.worker"]))
+    if console.is_built(settings):
+        services.append(Child("console", console.ARGV, settings.console_port, http=True))
+        settings = console.with_own_origins(settings)
     services.append(Child("envoy", envoy_command(render(settings))))
     return services
 
 
-def ready(port: int, timeout: float = 1.0) -> bool:
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+def ready(port: int, identity: Identity, timeout: float = 1.0) -> bool:
+    """Whether the service on `port` answers its liveness check (over mutual TLS, as the
+    operator)."""
+    with grpc.secure_channel(f"127.0.0.1:{port}", identity.channel_credentials()) as channel:
         try:
             response = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service="liveness"), timeout=timeout
@@ -80,6 +91,9 @@ class Stack:
 
     def start(self, timeout: float = 120.0) -> None:
         Path(self.settings.data_dir).mkdir(parents=True, exist_ok=True)
+        # Outside production this creates the development CA and every workload's
+        # certificate before any child starts (each child would otherwise make them itself).
+        self.operator = workload_identity(self.settings, "operator")
         for child in self.children:
             env = dict(self.env)
             env.pop("PORT", None)
@@ -134,7 +148,8 @@ class Stack:
 
     def _wait_ready(self, child: Child, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        while not ready(child.port):  # type: ignore[arg-type]
+        port: int = child.port  # type: ignore[assignment]
+        while not (console.serving(port) if child.http else ready(port, self.operator)):
             if child.process is None or child.process.poll() is not None:
                 raise RuntimeError(f"{child.name} exited during start-up")
             if time.monotonic() > deadline:
@@ -188,9 +203,15 @@ def main() -> int:
         print(
             f"\nContextCache is running: gRPC and gRPC-Web on {gateway} (Envoy; admin "
             f"127.0.0.1:{settings.gateway_admin_port}).\n"
-            f"Try: .venv/bin/grpcurl -plaintext {gateway} list    — Ctrl-C stops everything.\n",
+            f"Try: .venv/bin/grpcurl -plaintext {gateway} list    — Ctrl-C stops everything.\n"
+            f"Service ports speak mutual TLS; certificates (development CA) are in "
+            f"{settings.tls_root}/<workload>/.\n",
             flush=True,
         )
+        if console.is_built(settings):
+            print(f"Web console: {console.url(settings)}\n", flush=True)
+        else:
+            print("Web console: not built (run `make install`)\n", flush=True)
         while not stopping:
             if (dead := stack.failed()) is not None:
                 print(f"{dead.name} exited unexpectedly; stopping the stack", file=sys.stderr)

@@ -1,7 +1,8 @@
 """Shared test harness: settings, real PostgreSQL/Redis, in-process servers on free ports.
 
 Servers are the real services (`runtime.server.Server` around each app) listening on
-127.0.0.1; tests talk to them through generated stubs over real sockets.
+127.0.0.1 with mutual TLS; tests talk to them through generated stubs over real sockets,
+as the `operator` workload (public API) unless a test presents another identity.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from runtime.background import cancel_and_wait
 from runtime.config import Settings
 from runtime.ports import free_port
 from runtime.server import Server, ServiceApp
+from runtime.tls import Identity, workload_identity
 
 PG_ADMIN = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -120,9 +122,21 @@ async def running(app: ServiceApp, port: int = 0) -> AsyncIterator[Server]:
         await server.stop(grace=0.2)
 
 
+def identity_of(settings: Settings, name: str = "operator") -> Identity:
+    """A workload certificate of the test deployment's development CA."""
+    return workload_identity(settings, name)
+
+
+def secure_channel(port: int, identity: Identity) -> grpc.aio.Channel:
+    return grpc.aio.secure_channel(f"127.0.0.1:{port}", identity.channel_credentials())
+
+
 @contextlib.asynccontextmanager
-async def channel_to(port: int) -> AsyncIterator[grpc.aio.Channel]:
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+async def channel_to(
+    port: int, settings: Settings, identity: str = "operator"
+) -> AsyncIterator[grpc.aio.Channel]:
+    """A channel to a test server, authenticated as `identity` (the operator by default)."""
+    channel = secure_channel(port, identity_of(settings, identity))
     try:
         yield channel
     finally:
@@ -222,6 +236,16 @@ class Stack:
     def app(self, name: str):  # type: ignore[no-untyped-def]
         return self.servers[name].app
 
+    def channel_as(self, service: str, identity: str) -> grpc.aio.Channel:
+        """A channel to `service` authenticated as the workload `identity` (for internal
+        RPCs, as the service that calls them in production)."""
+        key = f"{service} as {identity}"
+        if key not in self.channels:
+            self.channels[key] = secure_channel(
+                self.ports[service], identity_of(self.settings, identity)
+            )
+        return self.channels[key]
+
     async def stop_service(self, name: str) -> None:
         await self.servers.pop(name).stop(grace=0.2)
 
@@ -256,7 +280,7 @@ async def running_stack(settings_factory: Callable[..., Settings], **overrides: 
     try:
         for name in names:
             await stack.start_service(name)
-            stack.channels[name] = grpc.aio.insecure_channel(f"127.0.0.1:{ports[name]}")
+            stack.channels[name] = secure_channel(ports[name], identity_of(settings))
         yield stack
     finally:
         for channel in stack.channels.values():

@@ -76,3 +76,25 @@ def token_master_key(settings: Settings) -> bytes:
         )
         raise SystemExit(2)
     return key
+
+
+def previous_token_master_keys(settings: Settings) -> tuple[bytes, ...]:
+    """TOKEN_SEALING_KEY_PREVIOUS: keys rotated out whose tokens and grants stay valid."""
+    keys = []
+    for encoded in (settings.token_sealing_key_previous or "").split(","):
+        if not encoded.strip():
+            continue
+        try:
+            key = base64.b64decode(encoded.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            key = b""
+        if len(key) != 32:
+            print(
+                "ContextCache crypto configuration error:\n"
+                "  TOKEN_SEALING_KEY_PREVIOUS: each comma-separated key must be the base64 "
+                "encoding of exactly 32 bytes",
+                file=sys.stderr,
+            )
+            raise SystemExit(2)
+        keys.append(key)
+    return tuple(keys)

@@ -53,3 +53,16 @@ audit_events = Table(
     # No two events of a project share a seq: a fork cannot be stored, whatever the locking.
     UniqueConstraint("project_id", "seq"),
 )
+
+# One row per project with a keyring: the public key its keyring was created with and the
+# latest keyring generation seen (CreateKeyring registers; OpenKeyring raises it). A keyring
+# with another public key or an older generation opens nothing; tokens of an older
+# generation are refused.
+keyrings = Table(
+    "keyrings",
+    metadata,
+    Column("project_id", String(36), primary_key=True),
+    Column("public_key", LargeBinary(32), nullable=False),
+    Column("generation", BigInteger, nullable=False),
+    Column("updated_at_us", BigInteger, nullable=False),
+)

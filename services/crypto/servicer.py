@@ -1,47 +1,48 @@
-"""CryptoService RPCs: each reads as its story — validate (the interceptor, from the proto
-rules) → authorize (the unlock token) → do → respond.
+"""CryptoService (public) and CryptoInternalService RPCs: each reads as its story —
+validate (the interceptor, from the proto rules; the caller's identity, from the caller
+table) → authorize (the token) → do → respond.
 
 Crypto appends no audit events of its own: the services that act on a project (projects,
 ingest) know the actor and append through AppendAuditEvent. Never logs, returns in an error
-or puts in a span a passphrase, token, key or plaintext.
+or puts in a span a passphrase, token, grant, key or plaintext.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import hashlib
 import os
 import uuid
-from collections.abc import Callable, Collection
-from typing import TYPE_CHECKING, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 import grpc
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from google.protobuf import timestamp_pb2
 
+from contextcache.internal.v1 import crypto_pb2 as internal_pb2
+from contextcache.internal.v1 import crypto_pb2_grpc as internal_pb2_grpc
 from contextcache.v1 import crypto_pb2, crypto_pb2_grpc
-from runtime.errors import DataLoss, InvalidArgument, PermissionDenied, Unauthenticated
+from runtime.errors import DataLoss, InvalidArgument, Unauthenticated
+from runtime.health import Readiness
+from runtime.paging import decode_cursor, encode_cursor, page_size
 from runtime.protos import CRYPTO_SERVICE
+from runtime.tokens import ANY_SCOPE, UNLOCK_ONLY, Scope, token_from
 from services.crypto.aead import Aead, AeadError
+from services.crypto.audit import AuditChain
 from services.crypto.content import ProjectCipher
-from services.crypto.kdf import KdfParams
-from services.crypto.keyring import create_keyring, open_keyring, rewrap_keyring
-from services.crypto.tokens import Scope, UnlockToken
+from services.crypto.kdf import KdfParams, PassphraseKdf
+from services.crypto.keyring import create_keyring, generation_of, open_keyring, rewrap_keyring
+from services.crypto.registry import KeyringRegistry
+from services.crypto.tokens import TokenAuthority, UnlockToken
 
-if TYPE_CHECKING:
-    from services.crypto.app import CryptoApp
-
-TOKEN_METADATA = "x-unlock-token"
 DEFAULT_UNLOCK_TTL = 3600
 DEFAULT_JOB_TTL = 24 * 3600
 DEFAULT_SALT_BYTES = 16
-DEFAULT_PAGE_SIZE = 20
-ANY_SCOPE = frozenset(Scope)
 # Work on more bytes than this runs in a thread so other calls keep flowing.
 OFFLOAD_BYTES = 1024 * 1024
+ENDED = "The token was ended by a passphrase change; unlock the project again"
 
 T = TypeVar("T")
 
@@ -54,134 +55,53 @@ def timestamp(seconds: int) -> timestamp_pb2.Timestamp:
     return timestamp_pb2.Timestamp(seconds=seconds)
 
 
-def token_text(context: grpc.aio.ServicerContext) -> str:
-    for key, value in context.invocation_metadata() or ():
-        if key == TOKEN_METADATA:
-            return value if isinstance(value, str) else value.decode("ascii", "replace")
-    raise Unauthenticated(
-        f"This call needs an unlock token in the '{TOKEN_METADATA}' metadata; "
-        "unlock the project first"
-    )
+class TokenCheck:
+    """Opens the token of a call and checks it is for this project, this use and the
+    project's current keyring generation."""
 
+    def __init__(self, authority: TokenAuthority, registry: KeyringRegistry) -> None:
+        self.authority = authority
+        self.registry = registry
 
-def authorize(
-    app: CryptoApp,
-    context: grpc.aio.ServicerContext,
-    project_id: uuid.UUID,
-    scopes: Collection[Scope] = ANY_SCOPE,
-) -> UnlockToken:
-    """The request's unlock token, if it is valid, live, for this project and this use."""
-    token = app.tokens.open(token_text(context))
-    if token.project_id != project_id:
-        raise Unauthenticated("The unlock token is for another project")
-    if token.scope not in scopes:
-        raise PermissionDenied(
-            f"A {token.scope.name.lower()} token cannot be used here; use an unlock token"
-        )
-    return token
+    async def open(self, text: str, project_id: uuid.UUID, scopes: frozenset[Scope]) -> UnlockToken:
+        token = self.authority.open(text)
+        if token.project_id != project_id:
+            raise Unauthenticated("The unlock token belongs to another project")
+        if token.scope not in scopes:
+            raise Unauthenticated(
+                "This call needs an unlock token (ProjectService.UnlockProject), not a job token"
+            )
+        if token.generation < await self.registry.current_generation(str(project_id)):
+            raise Unauthenticated(ENDED)
+        return token
+
+    async def __call__(
+        self,
+        context: grpc.aio.ServicerContext,
+        project_id: uuid.UUID,
+        scopes: frozenset[Scope] = ANY_SCOPE,
+    ) -> UnlockToken:
+        return await self.open(token_from(context), project_id, scopes)
 
 
 async def off_loop(work: Callable[[], T], size: int) -> T:
     return await asyncio.to_thread(work) if size > OFFLOAD_BYTES else work()
 
 
-def encode_page_token(after_seq: int) -> str:
-    return base64.urlsafe_b64encode(f"audit:{after_seq}".encode()).decode()
-
-
-def decode_page_token(token: str) -> int:
-    if not token:
-        return 0
-    try:
-        kind, _, seq = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
-        if kind == "audit" and seq.isdigit():
-            return int(seq)
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        pass
-    raise InvalidArgument.for_field(
-        "page_token", "Invalid page token; pass next_page_token from the previous response"
-    )
-
-
 class CryptoServicer(crypto_pb2_grpc.CryptoServiceServicer):
-    def __init__(self, app: CryptoApp) -> None:
-        self.app = app
+    """The public crypto API: primitives and the audit log's read side.
 
-    # Keyrings and tokens
+    `kdf` is DeriveKey's own Argon2id worker (one derivation at a time, a short queue),
+    never the one that opens keyrings, so a storm of DeriveKey calls cannot starve unlocks.
+    """
 
-    async def CreateKeyring(self, request, context):
-        keyring = await create_keyring(
-            self.app.kdf, project_uuid(request.project_id), request.passphrase
-        )
-        return crypto_pb2.CreateKeyringResponse(keyring=keyring)
-
-    async def OpenKeyring(self, request, context):
-        project_id = project_uuid(request.project_id)
-        keys = await open_keyring(self.app.kdf, project_id, request.keyring, request.passphrase)
-        ttl = request.ttl.seconds if request.HasField("ttl") else DEFAULT_UNLOCK_TTL
-        text, token = self.app.tokens.issue(project_id, Scope.UNLOCK, ttl, keys)
-        return crypto_pb2.OpenKeyringResponse(
-            unlock_token=text, expires_at=timestamp(token.expires_at)
-        )
-
-    async def RewrapKeyring(self, request, context):
-        keyring = await rewrap_keyring(
-            self.app.kdf,
-            project_uuid(request.project_id),
-            request.keyring,
-            request.old_passphrase,
-            request.new_passphrase,
-        )
-        return crypto_pb2.RewrapKeyringResponse(keyring=keyring)
-
-    async def IssueJobToken(self, request, context):
-        project_id = project_uuid(request.project_id)
-        unlock = authorize(self.app, context, project_id, scopes={Scope.UNLOCK})
-        ttl = request.ttl.seconds if request.HasField("ttl") else DEFAULT_JOB_TTL
-        text, token = self.app.tokens.issue(project_id, Scope.JOB, ttl, unlock.keys)
-        return crypto_pb2.IssueJobTokenResponse(
-            job_token=text, expires_at=timestamp(token.expires_at)
-        )
-
-    async def GetTokenVerificationKey(self, request, context):
-        return crypto_pb2.GetTokenVerificationKeyResponse(
-            public_key=self.app.tokens.verification_key
-        )
-
-    # Project content
-
-    async def EncryptBatch(self, request, context):
-        project_id = project_uuid(request.project_id)
-        token = authorize(self.app, context, project_id)
-        cipher = ProjectCipher(project_id, token.keys)
-        items = request.items
-        ciphertexts = await off_loop(
-            lambda: [cipher.encrypt(item.data, item.associated_data) for item in items],
-            sum(len(item.data) for item in items),
-        )
-        return crypto_pb2.EncryptBatchResponse(ciphertexts=ciphertexts)
-
-    async def DecryptBatch(self, request, context):
-        project_id = project_uuid(request.project_id)
-        token = authorize(self.app, context, project_id)
-        cipher = ProjectCipher(project_id, token.keys)
-        items = request.items
-        plaintexts = await off_loop(
-            lambda: [
-                cipher.decrypt(item.data, item.associated_data, index)
-                for index, item in enumerate(items)
-            ],
-            sum(len(item.data) for item in items),
-        )
-        return crypto_pb2.DecryptBatchResponse(plaintexts=plaintexts)
-
-    async def HashTerms(self, request, context):
-        project_id = project_uuid(request.project_id)
-        token = authorize(self.app, context, project_id)
-        cipher = ProjectCipher(project_id, token.keys)
-        terms = request.terms
-        term_ids = await off_loop(lambda: cipher.term_ids(terms), sum(map(len, terms)))
-        return crypto_pb2.HashTermsResponse(term_ids=term_ids)
+    def __init__(
+        self, kdf: PassphraseKdf, audit: AuditChain, check: TokenCheck, readiness: Readiness
+    ) -> None:
+        self.kdf = kdf
+        self.audit = audit
+        self.check = check
+        self.readiness = readiness
 
     # Primitives for clients that do their own crypto
 
@@ -193,9 +113,9 @@ class CryptoServicer(crypto_pb2_grpc.CryptoServiceServicer):
         params = (
             KdfParams.from_proto(request.params)
             if request.HasField("params")
-            else self.app.kdf.default_params
+            else self.kdf.default_params
         )
-        key = await self.app.kdf.derive(request.passphrase, request.salt, params)
+        key = await self.kdf.derive(request.passphrase, request.salt, params)
         return crypto_pb2.DeriveKeyResponse(key=key, params=params.to_proto())
 
     async def Encrypt(self, request, context):
@@ -255,28 +175,18 @@ class CryptoServicer(crypto_pb2_grpc.CryptoServiceServicer):
 
     # Audit log
 
-    async def AppendAuditEvent(self, request, context):
-        project_id = project_uuid(request.project_id)
-        token = authorize(self.app, context, project_id)
-        record = await self.app.audit.append(
-            str(project_id),
-            token.keys.signing_seed,
-            request.type,
-            request.actor,
-            dict(request.attributes),
-        )
-        return crypto_pb2.AppendAuditEventResponse(event=record.to_proto())
-
     async def ListAuditEvents(self, request, context):
-        project_id = str(project_uuid(request.project_id))
-        size = request.page_size if request.HasField("page_size") else DEFAULT_PAGE_SIZE
-        after = decode_page_token(request.page_token)
-        records = await self.app.audit.events(project_id, after, size + 1)
+        project_id = project_uuid(request.project_id)
+        await self.check(context, project_id, UNLOCK_ONLY)
+        size = page_size(request)
+        cursor = decode_cursor(request.page_token, "audit", (int,))
+        after = cursor[0] if cursor else 0
+        records = await self.audit.events(str(project_id), after, size + 1)
         page = records[:size]
         more = len(records) > size
         return crypto_pb2.ListAuditEventsResponse(
             events=[record.to_proto() for record in page],
-            next_page_token=encode_page_token(page[-1].seq) if more else "",
+            next_page_token=encode_cursor("audit", page[-1].seq) if more else "",
         )
 
     async def VerifyAuditChain(self, request, context):
@@ -286,7 +196,7 @@ class CryptoServicer(crypto_pb2_grpc.CryptoServiceServicer):
             raise InvalidArgument.for_field(
                 "pinned_head.project_id", "pinned_head belongs to another project"
             )
-        result = await self.app.audit.verify(project_id, request.public_key or None, pinned)
+        result = await self.audit.verify(project_id, request.public_key or None, pinned)
         return crypto_pb2.VerifyAuditChainResponse(
             valid=result.valid,
             events_verified=result.events_verified,
@@ -297,11 +207,150 @@ class CryptoServicer(crypto_pb2_grpc.CryptoServiceServicer):
 
     async def GetAuditHead(self, request, context):
         project_id = str(project_uuid(request.project_id))
-        record = await self.app.audit.head(project_id)
+        record = await self.audit.head(project_id)
         head = record.head() if record else crypto_pb2.AuditHead(project_id=project_id)
         return crypto_pb2.GetAuditHeadResponse(head=head)
 
     async def GetStatus(self, request, context):
         return crypto_pb2.CryptoServiceGetStatusResponse(
-            status=await self.app.readiness.service_status(CRYPTO_SERVICE)
+            status=await self.readiness.service_status(CRYPTO_SERVICE)
         )
+
+
+class CryptoInternalServicer(internal_pb2_grpc.CryptoInternalServiceServicer):
+    """Keyrings, tokens, grants, batch encryption and audit appends, for the services the
+    caller table names (runtime/callers.py)."""
+
+    def __init__(
+        self,
+        kdf: PassphraseKdf,
+        authority: TokenAuthority,
+        registry: KeyringRegistry,
+        audit: AuditChain,
+        check: TokenCheck,
+    ) -> None:
+        self.kdf = kdf
+        self.authority = authority
+        self.registry = registry
+        self.audit = audit
+        self.check = check
+
+    # Keyrings and tokens
+
+    async def CreateKeyring(self, request, context):
+        project_id = project_uuid(request.project_id)
+        keyring = await create_keyring(self.kdf, project_id, request.passphrase)
+        await self.registry.register(str(project_id), keyring.public_key, keyring.generation)
+        return internal_pb2.CreateKeyringResponse(keyring=keyring)
+
+    async def OpenKeyring(self, request, context):
+        project_id = project_uuid(request.project_id)
+        keyring = request.keyring
+        generation = generation_of(keyring)
+        await self.registry.check_keyring(str(project_id), keyring.public_key, generation)
+        keys = await open_keyring(self.kdf, project_id, keyring, request.passphrase)
+        # The passphrase proved this generation genuine: older keyrings and tokens end here.
+        await self.registry.advance(str(project_id), generation)
+        ttl = request.ttl.seconds if request.HasField("ttl") else DEFAULT_UNLOCK_TTL
+        text, token = self.authority.issue(project_id, Scope.UNLOCK, ttl, keys, generation)
+        return internal_pb2.OpenKeyringResponse(
+            unlock_token=text, expires_at=timestamp(token.expires_at)
+        )
+
+    async def RewrapKeyring(self, request, context):
+        project_id = project_uuid(request.project_id)
+        keyring = request.keyring
+        await self.registry.check_keyring(
+            str(project_id), keyring.public_key, generation_of(keyring)
+        )
+        rewrapped = await rewrap_keyring(
+            self.kdf, project_id, keyring, request.old_passphrase, request.new_passphrase
+        )
+        return internal_pb2.RewrapKeyringResponse(keyring=rewrapped)
+
+    async def IssueJobToken(self, request, context):
+        project_id = project_uuid(request.project_id)
+        document_id = uuid.UUID(request.document_id)
+        unlock = await self.check(context, project_id, UNLOCK_ONLY)
+        ttl = request.ttl.seconds if request.HasField("ttl") else DEFAULT_JOB_TTL
+        text, token = self.authority.issue(
+            project_id, Scope.JOB, ttl, unlock.keys, unlock.generation, document_id
+        )
+        return internal_pb2.IssueJobTokenResponse(
+            job_token=text,
+            expires_at=timestamp(token.expires_at),
+            job_grant=self.authority.seal_grant(text, project_id, document_id),
+        )
+
+    async def RedeemJobGrant(self, request, context):
+        text, project_id, document_id = self.authority.open_grant(request.job_grant)
+        token = await self.check.open(text, project_id, frozenset({Scope.JOB}))
+        return internal_pb2.RedeemJobGrantResponse(
+            job_token=text,
+            expires_at=timestamp(token.expires_at),
+            project_id=str(project_id),
+            document_id=str(document_id),
+        )
+
+    async def CheckToken(self, request, context):
+        token = await self.check(context, project_uuid(request.project_id))
+        return internal_pb2.CheckTokenResponse(
+            scope=token.scope, expires_at=timestamp(token.expires_at)
+        )
+
+    async def GetTokenVerificationKeys(self, request, context):
+        return internal_pb2.GetTokenVerificationKeysResponse(
+            keys=[
+                internal_pb2.TokenVerificationKey(key_id=key_id, public_key=public_key)
+                for key_id, public_key in self.authority.verification_keys()
+            ]
+        )
+
+    # Project content
+
+    async def EncryptBatch(self, request, context):
+        project_id = project_uuid(request.project_id)
+        token = await self.check(context, project_id)
+        cipher = ProjectCipher(project_id, token.keys)
+        items = request.items
+        ciphertexts = await off_loop(
+            lambda: [cipher.encrypt(item.data, item.associated_data) for item in items],
+            sum(len(item.data) for item in items),
+        )
+        return internal_pb2.EncryptBatchResponse(ciphertexts=ciphertexts)
+
+    async def DecryptBatch(self, request, context):
+        project_id = project_uuid(request.project_id)
+        token = await self.check(context, project_id)
+        cipher = ProjectCipher(project_id, token.keys)
+        items = request.items
+        plaintexts = await off_loop(
+            lambda: [
+                cipher.decrypt(item.data, item.associated_data, index)
+                for index, item in enumerate(items)
+            ],
+            sum(len(item.data) for item in items),
+        )
+        return internal_pb2.DecryptBatchResponse(plaintexts=plaintexts)
+
+    async def HashTerms(self, request, context):
+        project_id = project_uuid(request.project_id)
+        token = await self.check(context, project_id)
+        cipher = ProjectCipher(project_id, token.keys)
+        terms = request.terms
+        term_ids = await off_loop(lambda: cipher.term_ids(terms), sum(map(len, terms)))
+        return internal_pb2.HashTermsResponse(term_ids=term_ids)
+
+    # Audit log
+
+    async def AppendAuditEvent(self, request, context):
+        project_id = project_uuid(request.project_id)
+        token = await self.check(context, project_id)
+        record = await self.audit.append(
+            str(project_id),
+            token.keys.signing_seed,
+            request.type,
+            request.actor,
+            dict(request.attributes),
+        )
+        return internal_pb2.AppendAuditEventResponse(event=record.to_proto())

@@ -6,7 +6,9 @@ from datetime import timedelta
 
 import grpc
 
-from contextcache.v1 import crypto_pb2_grpc, ingest_pb2_grpc, query_pb2_grpc
+from contextcache.internal.v1 import crypto_pb2_grpc, query_pb2_grpc
+from contextcache.internal.v1 import ingest_pb2_grpc as ingest_internal_pb2_grpc
+from contextcache.v1 import ingest_pb2_grpc
 from retrieval.embeddings import Embedder
 from runtime.clients import grpc_dependency, open_channel
 from runtime.config import ServiceName, Settings
@@ -18,7 +20,7 @@ from runtime.tokens import TokenVerifier
 from services.ingest.ingestion import IngestionPipeline
 from services.ingest.jobs import JobQueue, Reaper
 from services.ingest.pipeline.fetch import UrlFetcher
-from services.ingest.servicer import IngestServicer
+from services.ingest.servicer import IngestInternalServicer, IngestServicer
 from services.ingest.store import DocumentStore
 
 
@@ -33,6 +35,10 @@ class IngestApp(ServiceApp):
         self.url = database_url(settings, self.name)
         self._pipeline: IngestionPipeline | None = None
 
+    @property
+    def identity_name(self) -> str:
+        return "worker" if self.worker else "ingest"
+
     async def open(self) -> None:
         """Engine, channels and helpers (a worker job opens these after RQ's fork)."""
         if self.settings.migrate_on_start and not self.worker:
@@ -40,11 +46,11 @@ class IngestApp(ServiceApp):
         self.engine = create_engine(self.url)
         self.store = DocumentStore(self.engine)
         self.channels = {
-            "crypto": open_channel(self.settings.crypto_addr),
-            "query": open_channel(self.settings.query_addr),
+            "crypto": open_channel(self.settings.crypto_addr, self.identity, "crypto"),
+            "query": open_channel(self.settings.query_addr, self.identity, "query"),
         }
-        self.crypto = crypto_pb2_grpc.CryptoServiceStub(self.channels["crypto"])
-        self.query = query_pb2_grpc.QueryServiceStub(self.channels["query"])
+        self.crypto = crypto_pb2_grpc.CryptoInternalServiceStub(self.channels["crypto"])
+        self.query = query_pb2_grpc.QueryInternalServiceStub(self.channels["query"])
         self.tokens = TokenVerifier(self.crypto)
         self.fetcher = UrlFetcher(
             allow_private=self.settings.url_fetch_allow_private,
@@ -100,4 +106,17 @@ class IngestApp(ServiceApp):
         ]
 
     def register(self, server: grpc.aio.Server) -> None:
-        ingest_pb2_grpc.add_IngestServiceServicer_to_server(IngestServicer(self), server)
+        servicer = IngestServicer(
+            self.store,
+            self.crypto,
+            self.query,
+            self.tokens,
+            self.pipeline,
+            self.queue,
+            self.fetcher.policy,
+            self.readiness,
+        )
+        ingest_pb2_grpc.add_IngestServiceServicer_to_server(servicer, server)
+        ingest_internal_pb2_grpc.add_IngestInternalServiceServicer_to_server(
+            IngestInternalServicer(self.store), server
+        )

@@ -13,6 +13,7 @@ This module never logs document text, titles or URLs.
 from __future__ import annotations
 
 import asyncio
+import base64
 import enum
 import hashlib
 import json
@@ -25,24 +26,27 @@ from datetime import timedelta
 import numpy as np
 from google.protobuf import timestamp_pb2
 
-from contextcache.v1 import (
-    crypto_pb2,
-    crypto_pb2_grpc,
-    ingest_pb2,
-    query_pb2,
-    query_pb2_grpc,
-)
+from contextcache.internal.v1 import crypto_pb2 as crypto_internal_pb2
+from contextcache.internal.v1 import crypto_pb2_grpc, query_pb2, query_pb2_grpc
+from contextcache.v1 import crypto_pb2, ingest_pb2
 from retrieval.cipher import ContentCipher
 from retrieval.embeddings import Embedder
 from retrieval.sealing import associated_data, chunk_id
 from runtime.background import cancel_and_wait
 from runtime.clients import calling
 from runtime.db import as_utc
-from runtime.errors import AlreadyExists, ServiceError, Unavailable
+from runtime.errors import AlreadyExists, ServiceError, Unauthenticated, Unavailable
 from runtime.tokens import TOKEN_METADATA_KEY
 from services.ingest.models import ChunkRow, DocumentRow, FactRow
 from services.ingest.pipeline.chunker import Chunk, Chunker
-from services.ingest.pipeline.errors import IngestError
+from services.ingest.pipeline.errors import (
+    AddressNotAllowed,
+    BodyTooLarge,
+    FetchFailed,
+    IngestError,
+    UnreadableDocument,
+    UnsupportedContent,
+)
 from services.ingest.pipeline.fetch import UrlFetcher
 from services.ingest.pipeline.prepare import Prepared, prepare, prepare_text  # noqa: F401
 from services.ingest.pipeline.text_workers import ChunkTerms, TextWorkers, text_workers
@@ -78,8 +82,8 @@ class IngestionPipeline:
     def __init__(
         self,
         store: DocumentStore,
-        crypto: crypto_pb2_grpc.CryptoServiceStub,
-        query: query_pb2_grpc.QueryServiceStub,
+        crypto: crypto_pb2_grpc.CryptoInternalServiceStub,
+        query: query_pb2_grpc.QueryInternalServiceStub,
         fetcher: UrlFetcher,
         embedder: Embedder | None = None,
         chunker: Chunker | None = None,
@@ -104,6 +108,40 @@ class IngestionPipeline:
             return await asyncio.to_thread(self._chunker.split, text)
         return await self.text.chunk(text, self.embedder.max_tokens)
 
+    async def redeem(self, job_grant: str) -> str:
+        """The job token a stored grant stands for (crypto opens grants for ingest and its
+        worker only)."""
+        async with calling("crypto"):
+            redeemed = await self.crypto.RedeemJobGrant(
+                crypto_internal_pb2.RedeemJobGrantRequest(job_grant=base64.b64decode(job_grant)),
+                timeout=10,
+            )
+        return redeemed.job_token
+
+    async def redeem_quietly(self, job_grant: str | None) -> str | None:
+        if not job_grant:
+            return None
+        try:
+            return await self.redeem(job_grant)
+        except Exception:  # noqa: BLE001 — expired, ended or crypto away: no token
+            return None
+
+    async def process_granted(self, document_id: str, job_grant: str) -> Result:
+        """`process` for a queued job: redeems the job's grant first."""
+        try:
+            token = await self.redeem(job_grant)
+        except Unauthenticated as error:
+            document = await self.store.claim(document_id, self.lease)
+            if document is None:
+                return Result(Outcome.SKIPPED)
+            reason = (
+                "The document's job is no longer authorized (it expired or the passphrase "
+                "changed). Retry it with RetryDocument."
+            )
+            await self.fail(document, None, reason, "unauthorized")
+            return Result(Outcome.FAILED, reason, error)
+        return await self.process(document_id, token)
+
     async def process(
         self,
         document_id: str,
@@ -126,15 +164,15 @@ class IngestionPipeline:
         try:
             stored = await self._run(document, cipher, payload)
         except IngestError as error:
-            await self.fail(document, token, error.reason)
+            await self.fail(document, token, error.reason, failure_code(error))
             return Result(Outcome.FAILED, error.reason)
         except AlreadyExists as error:
-            await self.fail(document, token, error.message)
+            await self.fail(document, token, error.message, "duplicate")
             return Result(Outcome.FAILED, error.message, error)
         except Unavailable as error:
             return await self._transient(document, token, error)
         except ServiceError as error:  # e.g. the token expired or the project went away
-            await self.fail(document, token, error.message)
+            await self.fail(document, token, error.message, error.code.name.lower())
             return Result(Outcome.FAILED, error.message, error)
         finally:
             await cancel_and_wait(heartbeat)
@@ -150,7 +188,7 @@ class IngestionPipeline:
                 "ContextCache could not process the document because a service was unavailable "
                 f"{document.attempts} times. Try again later with RetryDocument."
             )
-            await self.fail(document, token, reason)
+            await self.fail(document, token, reason, "unavailable")
             return Result(Outcome.FAILED, reason, error)
         await self.store.requeue(document.id, self.lease)
         return Result(Outcome.RETRY, error.message, error)
@@ -235,7 +273,7 @@ class IngestionPipeline:
         refreshed = await self.store.store_chunks(doc, chunk_rows, fact_rows)
         if refreshed is None:
             return None
-        await index_chunks(self.query, refreshed, chunk_rows)
+        await index_chunks(self.query, refreshed, chunk_rows, cipher.token)
         stored_bytes = sum(len(r.text_ct) for r in chunk_rows) + sum(
             len(r.statement_ct) for r in fact_rows
         )
@@ -316,12 +354,14 @@ class IngestionPipeline:
                 await asyncio.sleep(0)
         return vectors
 
-    async def fail(self, document: DocumentRow, token: str, reason: str) -> None:
-        log.info("document %s failed: %s", document.id, reason)
+    async def fail(self, document: DocumentRow, token: str | None, reason: str, code: str) -> None:
+        """Fails the document with `reason` (for its owner, stored encrypted-at-rest free of
+        content); the audit event carries only `code`, never a URL, host or title."""
+        log.info("document %s failed (%s)", document.id, code)
         await self.store.fail(document.id, reason)
         await self._unindex(document)
         await self._audit(
-            document, token, crypto_pb2.AUDIT_EVENT_TYPE_DOCUMENT_FAILED, {"reason": reason[:1000]}
+            document, token, crypto_pb2.AUDIT_EVENT_TYPE_DOCUMENT_FAILED, {"reason": code}
         )
 
     async def _unindex(self, document: DocumentRow) -> None:
@@ -338,13 +378,16 @@ class IngestionPipeline:
     async def _audit(
         self,
         document: DocumentRow,
-        token: str,
+        token: str | None,
         event: crypto_pb2.AuditEventType.ValueType,
         attributes: dict[str, str] | None = None,
     ) -> None:
+        if token is None:
+            log.warning("audit event for document %s not recorded (no token)", document.id)
+            return
         try:
             await self.crypto.AppendAuditEvent(
-                crypto_pb2.AppendAuditEventRequest(
+                crypto_internal_pb2.AppendAuditEventRequest(
                     project_id=document.project_id,
                     type=event,
                     actor="ingest",
@@ -357,10 +400,29 @@ class IngestionPipeline:
             log.warning("audit event for document %s not recorded", document.id)
 
 
+def failure_code(error: IngestError) -> str:
+    """What the audit log says of a failure: a code, never the reason's text (which can
+    name a URL's host)."""
+    for kind, code in (
+        (AddressNotAllowed, "address_not_allowed"),
+        (BodyTooLarge, "body_too_large"),
+        (FetchFailed, "fetch_failed"),
+        (UnsupportedContent, "unsupported_content"),
+        (UnreadableDocument, "unreadable_document"),
+    ):
+        if isinstance(error, kind):
+            return code
+    return "invalid_document"
+
+
 async def index_chunks(
-    query: query_pb2_grpc.QueryServiceStub, document: DocumentRow, rows: Sequence[ChunkRow]
+    query: query_pb2_grpc.QueryInternalServiceStub,
+    document: DocumentRow,
+    rows: Sequence[ChunkRow],
+    token: str,
 ) -> int:
-    """Sends chunks (vectors and ciphertext, never plaintext) to the query service's index."""
+    """Sends chunks (vectors and ciphertext, never plaintext) to the query service's index,
+    under the document's job token (or the project's unlock token)."""
     created = timestamp_pb2.Timestamp()
     created.FromDatetime(as_utc(document.created_at))
     sent = 0
@@ -390,7 +452,7 @@ async def index_chunks(
             ],
         )
         async with calling("query"):
-            await query.IndexChunks(request, timeout=120)
+            await query.IndexChunks(request, metadata=((TOKEN_METADATA_KEY, token),), timeout=120)
         sent += len(batch)
     return sent
 

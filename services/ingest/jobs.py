@@ -53,10 +53,13 @@ class JobQueue:
             self._queue = Queue(self.queue_name, connection=connection, default_timeout=JOB_TIMEOUT)
         return self._queue
 
-    async def enqueue(self, document_id: str, job_token: str, attempt: int) -> None:
-        """Queues the job; raises Unavailable (nothing queued) when Redis cannot take it."""
+    async def enqueue(self, document_id: str, job_grant: str, attempt: int) -> None:
+        """Queues the job; raises Unavailable (nothing queued) when Redis cannot take it.
+
+        The job carries the document's grant, never its token (see services/crypto/tokens.py).
+        """
         if not self.uses_redis:
-            task = asyncio.create_task(self._pipeline().process(document_id, job_token))
+            task = asyncio.create_task(self._pipeline().process_granted(document_id, job_grant))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
             return
@@ -66,7 +69,7 @@ class JobQueue:
             await asyncio.to_thread(
                 self._rq().enqueue_call,
                 JOB_FUNCTION,
-                args=(document_id, job_token),
+                args=(document_id, job_grant),
                 job_id=f"document-{document_id}-{attempt}",
                 meta={"trace": carrier},
                 timeout=JOB_TIMEOUT,
@@ -135,25 +138,27 @@ class Reaper:
         pipeline = self._pipeline()
         for document in await self.store.stale():
             handled += 1
-            if not document.job_token or document.attempts >= pipeline.max_attempts:
+            attempt = document.attempts + 1
+            if document.status == "queued" and await self.queue.waiting(document.id, attempt):
+                # A backlog, not a lost job or an interruption: pushing it again would only
+                # run it twice, failing it would fail a job that is about to run.
+                await self.store.extend_queued_lease(document.id, pipeline.lease)
+                continue
+            if not document.job_grant or document.attempts >= pipeline.max_attempts:
                 reason = (
                     f"Processing was interrupted {document.attempts} times. "
                     "Try again with RetryDocument."
-                    if document.job_token
+                    if document.job_grant
                     else "Processing was interrupted. Try again with RetryDocument."
                 )
-                await pipeline.fail(document, document.job_token or "", reason)
-                continue
-            attempt = document.attempts + 1
-            if document.status == "queued" and await self.queue.waiting(document.id, attempt):
-                # A backlog, not a lost job: pushing it again would only run it twice.
-                await self.store.extend_queued_lease(document.id, pipeline.lease)
+                token = await pipeline.redeem_quietly(document.job_grant)
+                await pipeline.fail(document, token, reason, "interrupted")
                 continue
             requeued = await self.store.requeue(document.id, pipeline.lease)
             if requeued is None:
                 continue
             try:
-                await self.queue.enqueue(document.id, document.job_token, attempt)
+                await self.queue.enqueue(document.id, document.job_grant, attempt)
                 log.info("document %s queued again (attempt %d)", document.id, attempt)
             except Unavailable:
                 pass  # still queued with a lease: the next sweep tries again

@@ -50,8 +50,9 @@ class DocumentRow(Base):
     stored_bytes: Mapped[int] = mapped_column(Integer, default=0)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     background: Mapped[int] = mapped_column(Integer, default=0)
-    # The job's token as sealed by CryptoService (opaque here); cleared when the job ends.
-    job_token: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The job's grant (base64), sealed by crypto: only ingest and its worker can redeem it
+    # for the job token, so a reader of this table holds nothing usable. Cleared at the end.
+    job_grant: Mapped[str | None] = mapped_column(Text, nullable=True)
     # A queued or processing document whose lease ran out is picked up again (never stuck).
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

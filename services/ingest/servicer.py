@@ -7,23 +7,21 @@ refused before anything is stored; the work itself is IngestionPipeline's.
 from __future__ import annotations
 
 import asyncio
-import hashlib
+import base64
 import logging
-import time
 import uuid
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from datetime import datetime
 from urllib.parse import urlsplit
 
 from google.protobuf import duration_pb2
 
-from contextcache.v1 import (
-    crypto_pb2,
-    ingest_pb2,
-    ingest_pb2_grpc,
-    query_pb2,
-)
+from contextcache.internal.v1 import crypto_pb2 as crypto_internal_pb2
+from contextcache.internal.v1 import crypto_pb2_grpc as crypto_internal_pb2_grpc
+from contextcache.internal.v1 import ingest_pb2 as ingest_internal_pb2
+from contextcache.internal.v1 import ingest_pb2_grpc as ingest_internal_pb2_grpc
+from contextcache.internal.v1 import query_pb2, query_pb2_grpc
+from contextcache.v1 import crypto_pb2, ingest_pb2, ingest_pb2_grpc
 from retrieval.cipher import ContentCipher
 from retrieval.sealing import associated_data
 from runtime.clients import calling
@@ -35,22 +33,19 @@ from runtime.errors import (
     ServiceError,
     Unavailable,
 )
+from runtime.health import Readiness
 from runtime.paging import decode_cursor, encode_cursor, page_size
 from runtime.protos import INGEST_SERVICE, timestamp
-from runtime.tokens import TOKEN_METADATA_KEY
-from services.ingest.ingestion import Outcome, Prepared
+from runtime.tokens import TOKEN_METADATA_KEY, TokenVerifier
+from services.ingest.ingestion import IngestionPipeline, Outcome, Prepared
+from services.ingest.jobs import JobQueue
 from services.ingest.models import DocumentRow
 from services.ingest.pipeline.errors import IngestError
-from services.ingest.pipeline.fetch import resolve_host
-
-if TYPE_CHECKING:
-    from services.ingest.app import IngestApp
+from services.ingest.pipeline.fetch import AddressPolicy, resolve_host
+from services.ingest.store import DocumentStore
 
 log = logging.getLogger(__name__)
 JOB_TOKEN_TTL = duration_pb2.Duration(seconds=24 * 3600)
-# A job token is reused for the same unlock token's next documents for this long (so every
-# job still has at least 23 of its 24 hours), saving a crypto round trip per document.
-JOB_TOKEN_REUSE_SECONDS = 3600
 WATCH_POLL = 0.25
 STATUS_NAMES = {
     ingest_pb2.DOCUMENT_STATUS_QUEUED: "queued",
@@ -62,55 +57,32 @@ STATUS_VALUES = {name: value for value, name in STATUS_NAMES.items()}
 TERMINAL = ("completed", "failed")
 
 
-class JobTokens:
-    """Job tokens (crypto's IssueJobToken) by project and unlock token, each reused for
-    `reuse_for` seconds after it was issued, for up to `size` unlock tokens.
-
-    A document's job needs a token that outlives the caller's unlock token (a background run
-    or the re-run of an inline one whose process died). Issuing one costs a round trip to
-    crypto, about 3% of a page-sized document's ingestion; a caller ingesting many documents
-    with one unlock token gets one job token for all of them within the reuse window. The
-    unlock token is checked on every call before this; it is kept here only as a SHA-256.
-    """
-
+class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
     def __init__(
         self,
-        issue: Callable[[str, str], Awaitable[str]],
-        reuse_for: float = JOB_TOKEN_REUSE_SECONDS,
-        size: int = 1024,
-        clock: Callable[[], float] = time.monotonic,
+        store: DocumentStore,
+        crypto: crypto_internal_pb2_grpc.CryptoInternalServiceStub,
+        query: query_pb2_grpc.QueryInternalServiceStub,
+        tokens: TokenVerifier,
+        pipeline: Callable[[], IngestionPipeline],
+        queue: JobQueue,
+        address_policy: AddressPolicy,
+        readiness: Readiness,
     ) -> None:
-        self._issue = issue
-        self._reuse_for = reuse_for
-        self._size = size
-        self._clock = clock
-        self._issued: OrderedDict[tuple[str, bytes], tuple[str, float]] = OrderedDict()
-
-    async def get(self, project_id: str, unlock_token: str) -> str:
-        key = (project_id, hashlib.sha256(unlock_token.encode()).digest())
-        now = self._clock()
-        cached = self._issued.get(key)
-        if cached is not None and now - cached[1] < self._reuse_for:
-            self._issued.move_to_end(key)
-            return cached[0]
-        job_token = await self._issue(project_id, unlock_token)
-        self._issued[key] = (job_token, now)
-        self._issued.move_to_end(key)
-        while len(self._issued) > self._size:
-            self._issued.popitem(last=False)
-        return job_token
-
-
-class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
-    def __init__(self, app: IngestApp) -> None:
-        self.app = app
-        self.job_tokens = JobTokens(self._issue_job_token)
+        self.store = store
+        self.crypto = crypto
+        self.query = query
+        self.tokens = tokens
+        self.pipeline = pipeline
+        self.queue = queue
+        self.address_policy = address_policy
+        self.readiness = readiness
 
     # -- steps -------------------------------------------------------------------------
 
-    async def _authorize(self, context, project_id: str) -> str:  # type: ignore[no-untyped-def]
-        token = await self.app.tokens.authorize(context, project_id)
-        if await self.app.store.is_purged(project_id):
+    async def _authorize(self, context, project_id: str, fresh: bool = False) -> str:  # type: ignore[no-untyped-def]
+        token = await self.tokens.authorize(context, project_id, fresh=fresh)
+        if await self.store.is_purged(project_id):
             raise NotFound(f"Project {project_id} was deleted")
         return token
 
@@ -155,7 +127,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                     ) from None
             try:
                 # In a worker process: extraction and normalization are CPU-heavy.
-                prepared = await self.app.pipeline().text.prepare(
+                prepared = await self.pipeline().text.prepare(
                     request.file.content, filename=name, fallback_title=name
                 )
             except IngestError as error:
@@ -168,7 +140,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             first_line = (body.lstrip()[:1000].splitlines() or [""])[0]
             title = request.text.title.strip() or first_line.strip()[:80]
             try:
-                prepared = await self.app.pipeline().text.prepare_text(body, title)
+                prepared = await self.pipeline().text.prepare_text(body, title)
             except IngestError as error:
                 raise InvalidArgument.for_field("text.body", error.reason) from None
             return ingest_pb2.SOURCE_TYPE_TEXT, prepared, "", prepared.text
@@ -191,7 +163,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 "url.url", f"The URL's host {host!r} could not be resolved", "url.host"
             )
         for address in addresses:
-            refusal = self.app.fetcher.policy.refusal(address)
+            refusal = self.address_policy.refusal(address)
             if refusal:
                 raise InvalidArgument.for_field(
                     "url.url",
@@ -199,13 +171,18 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                     "url.address",
                 )
 
-    async def _issue_job_token(self, project_id: str, token: str) -> str:
+    async def _issue_job_token(
+        self, project_id: str, document_id: str, token: str
+    ) -> tuple[str, str]:
+        """(job token for this run, job grant to store) for one document's job."""
         async with calling("crypto"):
-            issued = await self.app.crypto.IssueJobToken(
-                crypto_pb2.IssueJobTokenRequest(project_id=project_id, ttl=JOB_TOKEN_TTL),
+            issued = await self.crypto.IssueJobToken(
+                crypto_internal_pb2.IssueJobTokenRequest(
+                    project_id=project_id, document_id=document_id, ttl=JOB_TOKEN_TTL
+                ),
                 metadata=((TOKEN_METADATA_KEY, token),),
             )
-        return issued.job_token
+        return issued.job_token, base64.b64encode(issued.job_grant).decode()
 
     async def _run_inline(
         self,
@@ -218,10 +195,10 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         the caller has them (then nothing is read back and decrypted)."""
         payload = known[0] if known else None
         claimed = document if document.status == "processing" else None
-        result = await self.app.pipeline().process(document.id, job_token, payload, claimed)
+        result = await self.pipeline().process(document.id, job_token, payload, claimed)
         if result.outcome is Outcome.FAILED and result.error is not None:
             if result.error.code.name == "ALREADY_EXISTS":
-                await self.app.store.delete_document(document.project_id, document.id)
+                await self.store.delete_document(document.project_id, document.id)
             raise result.error
         if result.outcome is Outcome.FAILED:
             raise FailedPrecondition(result.reason)
@@ -232,7 +209,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             )
         completed = result.document
         if completed is None:  # deleted while it was processed
-            completed = await self.app.store.get(document.project_id, document.id)
+            completed = await self.store.get(document.project_id, document.id)
         if known and completed.source_type != ingest_pb2.SOURCE_TYPE_URL:
             return _message(completed, known[1], known[2])
         return await self._one(cipher, completed)  # a fetched page's title is new
@@ -242,9 +219,9 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
     async def IngestDocument(self, request, context):
         project_id = request.project_id
         # The insert checks, in its transaction, that the project was not deleted.
-        token = await self.app.tokens.authorize(context, project_id)
+        token = await self.tokens.authorize(context, project_id)
         source_type, prepared, source, payload = await self._prepare(request)
-        cipher = ContentCipher(self.app.crypto, project_id, token)
+        cipher = ContentCipher(self.crypto, project_id, token)
         document_id = str(uuid.uuid4())
         title = prepared.title if prepared else ""
         upload_ct, title_ct, source_ct = await cipher.encrypt(
@@ -254,7 +231,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 (source.encode(), associated_data("source", project_id, document_id)),
             ]
         )
-        job_token = await self.job_tokens.get(project_id, token)
+        job_token, job_grant = await self._issue_job_token(project_id, document_id, token)
         now = utcnow()
         # An inline run stores the document claimed (processing, first attempt), so the
         # pipeline need not claim it in a transaction of its own.
@@ -269,8 +246,8 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             text_bytes=len(prepared.text.encode()) if prepared else 0,
             error="",
             background=int(request.background),
-            job_token=job_token,
-            lease_expires_at=now + self.app.pipeline().lease,
+            job_grant=job_grant,
+            lease_expires_at=now + self.pipeline().lease,
             created_at=now,
             updated_at=now,
             attempts=0 if request.background else 1,
@@ -280,12 +257,12 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             chunks_total=0,
             stored_bytes=0,
         )
-        await self.app.store.insert(document, upload_ct)
+        await self.store.insert(document, upload_ct)
         if request.background:
             try:
-                await self.app.queue.enqueue(document_id, job_token, 1)
+                await self.queue.enqueue(document_id, job_grant, 1)
             except Unavailable:
-                await self.app.store.delete_document(project_id, document_id)
+                await self.store.delete_document(project_id, document_id)
                 raise
             return ingest_pb2.IngestDocumentResponse(document=await self._one(cipher, document))
         return ingest_pb2.IngestDocumentResponse(
@@ -294,41 +271,42 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
 
     async def GetDocument(self, request, context):
         token = await self._authorize(context, request.project_id)
-        row = await self.app.store.get(request.project_id, request.document_id)
-        cipher = ContentCipher(self.app.crypto, request.project_id, token)
+        row = await self.store.get(request.project_id, request.document_id)
+        cipher = ContentCipher(self.crypto, request.project_id, token)
         return ingest_pb2.GetDocumentResponse(document=await self._one(cipher, row))
 
     async def ListDocuments(self, request, context):
         token = await self._authorize(context, request.project_id)
-        cursor = decode_cursor(request.page_token, (str, str))
-        rows, more = await self.app.store.page(
+        cursor = decode_cursor(request.page_token, "documents", (datetime, str))
+        rows, more = await self.store.page(
             request.project_id,
             STATUS_NAMES.get(request.status),
             page_size(request),
             cursor,  # type: ignore[arg-type]
         )
-        cipher = ContentCipher(self.app.crypto, request.project_id, token)
+        cipher = ContentCipher(self.crypto, request.project_id, token)
         next_token = ""
         if more and rows:
-            next_token = encode_cursor(as_utc(rows[-1].created_at).isoformat(), rows[-1].id)
+            next_token = encode_cursor("documents", as_utc(rows[-1].created_at), rows[-1].id)
         return ingest_pb2.ListDocumentsResponse(
             documents=await self._describe(cipher, rows), next_page_token=next_token
         )
 
     async def DeleteDocument(self, request, context):
-        token = await self._authorize(context, request.project_id)
-        await self.app.store.get(request.project_id, request.document_id)
+        # No key is used below: ask crypto whether the token is still of the current keyring.
+        token = await self._authorize(context, request.project_id, fresh=True)
+        await self.store.get(request.project_id, request.document_id)
         async with calling("query"):  # vectors first: never leave them without their rows
-            await self.app.query.DeleteDocumentChunks(
+            await self.query.DeleteDocumentChunks(
                 query_pb2.DeleteDocumentChunksRequest(
                     project_id=request.project_id, document_id=request.document_id
                 )
             )
-        await self.app.store.delete_document(request.project_id, request.document_id)
+        await self.store.delete_document(request.project_id, request.document_id)
         try:
             async with calling("crypto"):
-                await self.app.crypto.AppendAuditEvent(
-                    crypto_pb2.AppendAuditEventRequest(
+                await self.crypto.AppendAuditEvent(
+                    crypto_internal_pb2.AppendAuditEventRequest(
                         project_id=request.project_id,
                         type=crypto_pb2.AUDIT_EVENT_TYPE_DOCUMENT_DELETED,
                         actor="token-holder",
@@ -342,10 +320,10 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
 
     async def WatchDocument(self, request, context):
         token = await self._authorize(context, request.project_id)
-        cipher = ContentCipher(self.app.crypto, request.project_id, token)
+        cipher = ContentCipher(self.crypto, request.project_id, token)
         last = None
         while True:
-            row = await self.app.store.get(request.project_id, request.document_id)
+            row = await self.store.get(request.project_id, request.document_id)
             state = (row.status, row.chunks_embedded, row.chunks_total, row.error)
             if state != last:
                 last = state
@@ -356,20 +334,20 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
 
     async def RetryDocument(self, request, context):
         token = await self._authorize(context, request.project_id)
-        row = await self.app.store.get(request.project_id, request.document_id)
+        row = await self.store.get(request.project_id, request.document_id)
         if row.status != "failed":
             raise FailedPrecondition(
                 f"Only failed documents can be retried; document {row.id} is {row.status}"
             )
-        job_token = await self.job_tokens.get(request.project_id, token)
-        requeued = await self.app.store.requeue(row.id, self.app.pipeline().lease, job_token)
+        job_token, job_grant = await self._issue_job_token(request.project_id, row.id, token)
+        requeued = await self.store.requeue(row.id, self.pipeline().lease, job_grant)
         if requeued is None:
             raise FailedPrecondition(
                 f"Document {row.id} cannot be retried: its upload is gone. Ingest it again"
             )
-        cipher = ContentCipher(self.app.crypto, request.project_id, token)
+        cipher = ContentCipher(self.crypto, request.project_id, token)
         if request.background:
-            await self.app.queue.enqueue(row.id, job_token, requeued.attempts + 1)
+            await self.queue.enqueue(row.id, job_grant, requeued.attempts + 1)
             return ingest_pb2.RetryDocumentResponse(document=await self._one(cipher, requeued))
         return ingest_pb2.RetryDocumentResponse(
             document=await self._run_inline(cipher, requeued, job_token)
@@ -378,29 +356,39 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
     async def ReindexProject(self, request, context):
         from services.ingest.ingestion import index_chunks
 
-        await self._authorize(context, request.project_id)
+        token = await self._authorize(context, request.project_id)
         documents: dict[str, DocumentRow] = {}
         chunks = 0
-        async for batch in self.app.store.chunks(request.project_id):
+        async for batch in self.store.chunks(request.project_id):
             by_document: dict[str, list] = {}
             for row in batch:
                 by_document.setdefault(row.document_id, []).append(row)
             for document_id, rows in by_document.items():
                 if document_id not in documents:
-                    documents[document_id] = await self.app.store.get(
-                        request.project_id, document_id
-                    )
-                chunks += await index_chunks(self.app.query, documents[document_id], rows)
+                    documents[document_id] = await self.store.get(request.project_id, document_id)
+                chunks += await index_chunks(self.query, documents[document_id], rows, token)
         return ingest_pb2.ReindexProjectResponse(
             documents_reindexed=len(documents), chunks_reindexed=chunks
         )
 
+    async def GetStatus(self, request, context):
+        return ingest_pb2.IngestServiceGetStatusResponse(
+            status=await self.readiness.service_status(INGEST_SERVICE)
+        )
+
+
+class IngestInternalServicer(ingest_internal_pb2_grpc.IngestInternalServiceServicer):
+    """Ingestion figures and purges, for the projects service only (runtime/callers.py)."""
+
+    def __init__(self, store: DocumentStore) -> None:
+        self.store = store
+
     async def GetIngestStats(self, request, context):
-        counts = await self.app.store.counts(list(request.project_ids))
+        counts = await self.store.counts(list(request.project_ids))
         stats = []
         for project_id in request.project_ids:
             found = counts.get(project_id)
-            entry = ingest_pb2.ProjectIngestStats(project_id=project_id)
+            entry = ingest_internal_pb2.ProjectIngestStats(project_id=project_id)
             if found is not None:
                 entry.documents_queued = found.by_status.get("queued", 0)
                 entry.documents_processing = found.by_status.get("processing", 0)
@@ -412,16 +400,11 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 if found.last_completed_at is not None:
                     entry.last_ingest_at.CopyFrom(timestamp(found.last_completed_at))
             stats.append(entry)
-        return ingest_pb2.GetIngestStatsResponse(stats=stats)
+        return ingest_internal_pb2.GetIngestStatsResponse(stats=stats)
 
     async def PurgeProject(self, request, context):
-        deleted = await self.app.store.purge(request.project_id)
-        return ingest_pb2.PurgeProjectResponse(documents_deleted=deleted)
-
-    async def GetStatus(self, request, context):
-        return ingest_pb2.IngestServiceGetStatusResponse(
-            status=await self.app.readiness.service_status(INGEST_SERVICE)
-        )
+        deleted = await self.store.purge(request.project_id)
+        return ingest_internal_pb2.PurgeProjectResponse(documents_deleted=deleted)
 
 
 def _message(row: DocumentRow, title: str, source: str) -> ingest_pb2.Document:

@@ -91,7 +91,7 @@ _COMPLETE = (
         chunks_total=bindparam("p_chunks"),
         stored_bytes=bindparam("p_bytes"),
         error="",
-        job_token=None,
+        job_grant=None,
         lease_expires_at=None,
         completed_at=bindparam("p_now"),
         updated_at=bindparam("p_now"),
@@ -167,14 +167,14 @@ class DocumentStore:
             return _document((await connection.execute(_FIND, {"p_id": document_id})).first())
 
     async def page(
-        self, project_id: str, status: str | None, size: int, after: tuple[str, str] | None
+        self, project_id: str, status: str | None, size: int, after: tuple[datetime, str] | None
     ) -> tuple[list[DocumentRow], bool]:
-        """Newest first; `after` is the (created_at ISO, id) of the last document seen."""
+        """Newest first; `after` is the (created_at, id) of the last document seen."""
         query = select(DocumentRow).where(DocumentRow.project_id == project_id)
         if status:
             query = query.where(DocumentRow.status == status)
         if after is not None:
-            created_at, last_id = datetime.fromisoformat(after[0]), after[1]
+            created_at, last_id = after
             query = query.where(
                 (DocumentRow.created_at < created_at)
                 | ((DocumentRow.created_at == created_at) & (DocumentRow.id < last_id))
@@ -305,7 +305,7 @@ class DocumentStore:
                 .values(
                     status="failed",
                     error=reason,
-                    job_token=None,
+                    job_grant=None,
                     lease_expires_at=None,
                     chunk_count=0,
                     fact_count=0,
@@ -314,7 +314,7 @@ class DocumentStore:
             )
 
     async def requeue(
-        self, document_id: str, lease: timedelta, job_token: str | None = None
+        self, document_id: str, lease: timedelta, job_grant: str | None = None
     ) -> DocumentRow | None:
         """failed (RetryDocument) or stale → queued. None if the document is not retryable."""
         now = utcnow()
@@ -327,8 +327,8 @@ class DocumentStore:
             document.lease_expires_at = now + lease
             document.updated_at = now
             document.chunks_embedded = 0
-            if job_token is not None:
-                document.job_token = job_token
+            if job_grant is not None:
+                document.job_grant = job_grant
             if document.source_type == 1:  # URL: the hash is known again after the fetch
                 document.content_hash = None
             return document

@@ -3,6 +3,8 @@
 The embedding model is loaded once, in the worker process, before RQ forks a work horse per
 job (the fork shares it); each job creates its own event loop, database engine and gRPC
 channels after the fork, and closes them when it ends. Trace context comes with the job.
+A job carries the document's grant, which crypto redeems for the job token only for the
+worker's certificate; the token lives in memory for the job's run.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from runtime.telemetry import configure_sentry, configure_tracing
 log = logging.getLogger(__name__)
 
 
-def process_document(document_id: str, job_token: str) -> str:
+def process_document(document_id: str, job_grant: str) -> str:
     """The RQ job: runs the ingestion pipeline for one document; returns its outcome."""
     from rq import get_current_job
 
@@ -30,18 +32,18 @@ def process_document(document_id: str, job_token: str) -> str:
     try:
         tracer = trace.get_tracer("contextcache.ingest.worker")
         with tracer.start_as_current_span("ingest.process_document"):
-            return asyncio.run(_process(document_id, job_token))
+            return asyncio.run(_process(document_id, job_grant))
     finally:
         otel_context.detach(token)
 
 
-async def _process(document_id: str, job_token: str) -> str:
+async def _process(document_id: str, job_grant: str) -> str:
     from services.ingest.app import IngestApp
 
     app = IngestApp(load_settings(), worker=True)
     await app.open()
     try:
-        result = await app.pipeline().process(document_id, job_token)
+        result = await app.pipeline().process_granted(document_id, job_grant)
         log.info("document %s: %s", document_id, result.outcome.value)
         return result.outcome.value
     finally:

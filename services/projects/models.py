@@ -32,6 +32,8 @@ class ProjectRow(Base):
     # The serialized contextcache.v1.Keyring (wrapped keys, KDF parameters).
     keyring: Mapped[bytes] = mapped_column(LargeBinary)
     keyring_version: Mapped[int] = mapped_column(Integer, default=1)
+    # Wrong passphrases given since the last successful unlock: audited (as a count) then.
+    failed_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     __table_args__ = (Index("ix_projects_created_id", "created_at", "id"),)
 
@@ -43,10 +45,10 @@ class ProjectDeletionRow(Base):
 
     project_id: Mapped[str] = mapped_column(String(36), primary_key=True)
     requested_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    # Steps done so far, comma-separated: "audit", "ingest", "query".
+    # Steps done so far, comma-separated: "ingest", "index" ("audit" in older rows).
     steps_done: Mapped[str] = mapped_column(String(200), default="")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
-    # The caller's unlock token, as sealed by CryptoService (opaque here), for the audit event.
+    # Unused since migration 0002 (always NULL): a token at rest could be reused by a reader.
     sealed_token: Mapped[str | None] = mapped_column(Text, nullable=True)
     next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

@@ -7,28 +7,27 @@ stored here holds wrapped keys only.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from datetime import datetime
 
 import grpc
 from google.protobuf import duration_pb2
 
-from contextcache.v1 import (
-    crypto_pb2,
-    ingest_pb2,
-    projects_pb2,
-    projects_pb2_grpc,
-)
+from contextcache.internal.v1 import crypto_pb2 as crypto_internal_pb2
+from contextcache.internal.v1 import crypto_pb2_grpc as crypto_internal_pb2_grpc
+from contextcache.internal.v1 import ingest_pb2, ingest_pb2_grpc
+from contextcache.v1 import crypto_pb2, projects_pb2, projects_pb2_grpc
+from runtime.callers import client_address
 from runtime.clients import calling
 from runtime.db import as_utc, utcnow
-from runtime.errors import InvalidArgument
+from runtime.errors import InvalidArgument, PermissionDenied
+from runtime.health import Readiness
 from runtime.paging import decode_cursor, encode_cursor, page_size
 from runtime.protos import PROJECT_SERVICE, timestamp
-from runtime.tokens import TOKEN_METADATA_KEY
+from runtime.tokens import TOKEN_METADATA_KEY, TokenVerifier
+from services.projects.attempts import PassphraseAttempts
+from services.projects.deletion import ProjectDeletion
 from services.projects.models import ProjectRow
-from services.projects.store import new_project_id
-
-if TYPE_CHECKING:
-    from services.projects.app import ProjectsApp
+from services.projects.store import ProjectStore, new_project_id
 
 log = logging.getLogger(__name__)
 NAME_MAX = 200
@@ -77,8 +76,23 @@ def to_proto(
 
 
 class ProjectServicer(projects_pb2_grpc.ProjectServiceServicer):
-    def __init__(self, app: ProjectsApp) -> None:
-        self.app = app
+    def __init__(
+        self,
+        store: ProjectStore,
+        crypto: crypto_internal_pb2_grpc.CryptoInternalServiceStub,
+        ingest: ingest_pb2_grpc.IngestInternalServiceStub,
+        tokens: TokenVerifier,
+        deletion: ProjectDeletion,
+        attempts: PassphraseAttempts,
+        readiness: Readiness,
+    ) -> None:
+        self.store = store
+        self.crypto = crypto
+        self.ingest = ingest
+        self.tokens = tokens
+        self.deletion = deletion
+        self.attempts = attempts
+        self.readiness = readiness
 
     # -- helpers: each one step of an RPC's story --------------------------------------
 
@@ -90,8 +104,8 @@ class ProjectServicer(projects_pb2_grpc.ProjectServiceServicer):
         attributes: dict[str, str] | None = None,
     ) -> None:
         async with calling("crypto"):
-            await self.app.crypto.AppendAuditEvent(
-                crypto_pb2.AppendAuditEventRequest(
+            await self.crypto.AppendAuditEvent(
+                crypto_internal_pb2.AppendAuditEventRequest(
                     project_id=project_id,
                     type=event,
                     actor="token-holder",
@@ -102,21 +116,40 @@ class ProjectServicer(projects_pb2_grpc.ProjectServiceServicer):
 
     async def _open(
         self, row: ProjectRow, passphrase: str, ttl: duration_pb2.Duration | None = None
-    ) -> crypto_pb2.OpenKeyringResponse:
-        keyring = crypto_pb2.Keyring.FromString(row.keyring)
+    ) -> crypto_internal_pb2.OpenKeyringResponse:
+        keyring = crypto_internal_pb2.Keyring.FromString(row.keyring)
         async with calling("crypto"):
-            return await self.app.crypto.OpenKeyring(
-                crypto_pb2.OpenKeyringRequest(
+            return await self.crypto.OpenKeyring(
+                crypto_internal_pb2.OpenKeyringRequest(
                     project_id=row.id, keyring=keyring, passphrase=passphrase, ttl=ttl
                 )
             )
+
+    async def _guarded(self, context, row: ProjectRow, check):  # type: ignore[no-untyped-def]
+        """Runs `check` (a passphrase check) as one limited attempt; a wrong passphrase is
+        counted on the project, to be audited at the next unlock."""
+        async with self.attempts.attempt(client_address(context), row.id):
+            try:
+                return await check()
+            except PermissionDenied:
+                await self.store.count_failed_attempt(row.id)
+                raise
+
+    async def _audit_failed_attempts(self, row: ProjectRow, token: str) -> None:
+        """Wrong passphrases since the last unlock become one event (a count, no guess)."""
+        failed = (await self.store.get(row.id)).failed_attempts
+        if failed:
+            await self._audit(
+                row.id, token, crypto_pb2.AUDIT_EVENT_TYPE_UNLOCK_FAILED, {"count": str(failed)}
+            )
+            await self.store.forget_failed_attempts(row.id, failed)
 
     async def _stats(self, project_ids: list[str]) -> dict[str, ingest_pb2.ProjectIngestStats]:
         """Counts from the ingest service; empty (zeros) while it cannot answer."""
         if not project_ids:
             return {}
         try:
-            response = await self.app.ingest.GetIngestStats(
+            response = await self.ingest.GetIngestStats(
                 ingest_pb2.GetIngestStatsRequest(project_ids=project_ids), timeout=STATS_TIMEOUT
             )
         except grpc.aio.AioRpcError as error:
@@ -130,8 +163,8 @@ class ProjectServicer(projects_pb2_grpc.ProjectServiceServicer):
         name = clean_name(request.name)
         project_id = new_project_id()
         async with calling("crypto"):
-            created = await self.app.crypto.CreateKeyring(
-                crypto_pb2.CreateKeyringRequest(
+            created = await self.crypto.CreateKeyring(
+                crypto_internal_pb2.CreateKeyringRequest(
                     project_id=project_id, passphrase=request.passphrase
                 )
             )
@@ -150,28 +183,28 @@ class ProjectServicer(projects_pb2_grpc.ProjectServiceServicer):
             keyring_version=1,
         )
         opened = await self._open(row, request.passphrase, AUDIT_TOKEN_TTL)
-        await self.app.store.insert(row)
+        await self.store.insert(row)
         try:
             await self._audit(
                 project_id, opened.unlock_token, crypto_pb2.AUDIT_EVENT_TYPE_PROJECT_CREATED
             )
         except Exception:
-            await self.app.store.remove(project_id)  # no project without its creation event
+            await self.store.remove(project_id)  # no project without its creation event
             raise
         return projects_pb2.CreateProjectResponse(project=to_proto(row))
 
     async def GetProject(self, request, context):
-        row = await self.app.store.get(request.project_id, include_deleting=True)
+        row = await self.store.get(request.project_id, include_deleting=True)
         stats = await self._stats([row.id])
         return projects_pb2.GetProjectResponse(project=to_proto(row, stats.get(row.id)))
 
     async def ListProjects(self, request, context):
-        cursor = decode_cursor(request.page_token, (str, str))
-        page = await self.app.store.page(page_size(request), cursor)  # type: ignore[arg-type]
+        cursor = decode_cursor(request.page_token, "projects", (datetime, str))
+        page = await self.store.page(page_size(request), cursor)  # type: ignore[arg-type]
         stats = await self._stats([row.id for row in page.rows])
         next_token = ""
         if page.more and page.last is not None:
-            next_token = encode_cursor(as_utc(page.last.created_at).isoformat(), page.last.id)
+            next_token = encode_cursor("projects", as_utc(page.last.created_at), page.last.id)
         return projects_pb2.ListProjectsResponse(
             projects=[to_proto(row, stats.get(row.id)) for row in page.rows],
             next_page_token=next_token,
@@ -184,9 +217,9 @@ class ProjectServicer(projects_pb2_grpc.ProjectServiceServicer):
             fields["name"] = clean_name(request.project.name, "project.name")
         if "description" in paths:
             fields["description"] = request.project.description.strip()
-        await self.app.store.get(request.project_id)
-        token = await self.app.tokens.authorize(context, request.project_id)
-        row = await self.app.store.update_fields(request.project_id, **fields)
+        await self.store.get(request.project_id)
+        token = await self.tokens.authorize(context, request.project_id, fresh=True)
+        row = await self.store.update_fields(request.project_id, **fields)
         await self._audit(
             row.id,
             token,
@@ -197,30 +230,38 @@ class ProjectServicer(projects_pb2_grpc.ProjectServiceServicer):
         return projects_pb2.UpdateProjectResponse(project=to_proto(row, stats.get(row.id)))
 
     async def UnlockProject(self, request, context):
-        row = await self.app.store.get(request.project_id)
+        row = await self.store.get(request.project_id)
         ttl = request.ttl if request.HasField("ttl") else None
-        opened = await self._open(row, request.passphrase, ttl)
+        opened = await self._guarded(context, row, lambda: self._open(row, request.passphrase, ttl))
+        await self._audit_failed_attempts(row, opened.unlock_token)
         await self._audit(row.id, opened.unlock_token, crypto_pb2.AUDIT_EVENT_TYPE_PROJECT_UNLOCKED)
         return projects_pb2.UnlockProjectResponse(
             unlock_token=opened.unlock_token, expires_at=opened.expires_at
         )
 
     async def ChangePassphrase(self, request, context):
-        row = await self.app.store.get(request.project_id)
-        async with calling("crypto"):
-            rewrapped = await self.app.crypto.RewrapKeyring(
-                crypto_pb2.RewrapKeyringRequest(
-                    project_id=row.id,
-                    keyring=crypto_pb2.Keyring.FromString(row.keyring),
-                    old_passphrase=request.old_passphrase,
-                    new_passphrase=request.new_passphrase,
+        row = await self.store.get(request.project_id)
+
+        async def rewrap() -> crypto_internal_pb2.RewrapKeyringResponse:
+            async with calling("crypto"):
+                return await self.crypto.RewrapKeyring(
+                    crypto_internal_pb2.RewrapKeyringRequest(
+                        project_id=row.id,
+                        keyring=crypto_internal_pb2.Keyring.FromString(row.keyring),
+                        old_passphrase=request.old_passphrase,
+                        new_passphrase=request.new_passphrase,
+                    )
                 )
-            )
-        await self.app.store.replace_keyring(
+
+        rewrapped = await self._guarded(context, row, rewrap)
+        await self.store.replace_keyring(
             row.id, row.keyring_version, rewrapped.keyring.SerializeToString()
         )
-        row = await self.app.store.get(row.id)
+        row = await self.store.get(row.id)
+        # Opening the new keyring makes it the project's current generation at crypto: every
+        # token issued before this change is refused from here on.
         opened = await self._open(row, request.new_passphrase, AUDIT_TOKEN_TTL)
+        await self._audit_failed_attempts(row, opened.unlock_token)
         await self._audit(
             row.id, opened.unlock_token, crypto_pb2.AUDIT_EVENT_TYPE_PASSPHRASE_CHANGED
         )
@@ -229,17 +270,21 @@ class ProjectServicer(projects_pb2_grpc.ProjectServiceServicer):
 
     async def DeleteProject(self, request, context):
         project_id = request.project_id
-        token = await self.app.tokens.authorize(context, project_id)
-        recorded = await self.app.store.deletion(project_id)
+        token = await self.tokens.authorize(context, project_id)
+        recorded = await self.store.deletion(project_id)
         if recorded is None:
-            await self.app.store.begin_deletion(project_id, token)
-        completed = await self.app.deletion.carry_out(project_id)
+            await self.store.get(project_id)
+            # Audited first, with the caller's token (crypto refuses a token older than the
+            # project's keyring): the deletion record then keeps no token.
+            await self._audit(project_id, token, crypto_pb2.AUDIT_EVENT_TYPE_PROJECT_DELETED)
+            await self.store.begin_deletion(project_id)
+        completed = await self.deletion.carry_out(project_id)
         return projects_pb2.DeleteProjectResponse(completed=completed)
 
     async def GetProjectStats(self, request, context):
-        row = await self.app.store.get(request.project_id, include_deleting=True)
+        row = await self.store.get(request.project_id, include_deleting=True)
         async with calling("ingest"):
-            response = await self.app.ingest.GetIngestStats(
+            response = await self.ingest.GetIngestStats(
                 ingest_pb2.GetIngestStatsRequest(project_ids=[row.id])
             )
         stats = response.stats[0] if response.stats else ingest_pb2.ProjectIngestStats()
@@ -259,5 +304,5 @@ class ProjectServicer(projects_pb2_grpc.ProjectServiceServicer):
 
     async def GetStatus(self, request, context):
         return projects_pb2.ProjectServiceGetStatusResponse(
-            status=await self.app.readiness.service_status(PROJECT_SERVICE)
+            status=await self.readiness.service_status(PROJECT_SERVICE)
         )

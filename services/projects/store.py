@@ -37,11 +37,11 @@ class ProjectStore:
             raise NotFound(f"Project {project_id} not found")
         return row
 
-    async def page(self, size: int, after: tuple[str, str] | None) -> Page:
-        """Newest first; `after` is the (created_at ISO, id) of the last item seen."""
+    async def page(self, size: int, after: tuple[datetime, str] | None) -> Page:
+        """Newest first; `after` is the (created_at, id) of the last item seen."""
         query = select(ProjectRow).order_by(ProjectRow.created_at.desc(), ProjectRow.id.desc())
         if after is not None:
-            created_at, last_id = datetime.fromisoformat(after[0]), after[1]
+            created_at, last_id = after
             query = query.where(
                 (ProjectRow.created_at < created_at)
                 | ((ProjectRow.created_at == created_at) & (ProjectRow.id < last_id))
@@ -81,9 +81,28 @@ class ProjectStore:
         async with self.sessions.begin() as session:
             await session.execute(delete(ProjectRow).where(ProjectRow.id == project_id))
 
+    # Wrong passphrases: counted on the project, audited (as a count) at the next unlock.
+
+    async def count_failed_attempt(self, project_id: str) -> None:
+        async with self.sessions.begin() as session:
+            await session.execute(
+                update(ProjectRow)
+                .where(ProjectRow.id == project_id)
+                .values(failed_attempts=ProjectRow.failed_attempts + 1)
+            )
+
+    async def forget_failed_attempts(self, project_id: str, count: int) -> None:
+        """Takes `count` audited attempts off the counter (others may have come since)."""
+        async with self.sessions.begin() as session:
+            await session.execute(
+                update(ProjectRow)
+                .where(ProjectRow.id == project_id)
+                .values(failed_attempts=ProjectRow.failed_attempts - count)
+            )
+
     # Deletions: recorded durably first, then carried out (and retried) step by step.
 
-    async def begin_deletion(self, project_id: str, sealed_token: str) -> bool:
+    async def begin_deletion(self, project_id: str) -> bool:
         """Marks the project deleting and records the deletion; False if already recorded."""
         async with self.sessions.begin() as session:
             row = await session.get(ProjectRow, project_id, with_for_update=True)
@@ -99,7 +118,7 @@ class ProjectStore:
                 ProjectDeletionRow(
                     project_id=project_id,
                     requested_at=now,
-                    sealed_token=sealed_token,
+                    sealed_token=None,
                     next_attempt_at=now,
                     steps_done="",
                     attempts=0,

@@ -8,7 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 
-from contextcache.v1 import crypto_pb2_grpc, query_pb2_grpc
+from contextcache.internal.v1 import crypto_pb2_grpc
+from contextcache.internal.v1 import query_pb2_grpc as query_internal_pb2_grpc
+from contextcache.v1 import query_pb2_grpc
 from retrieval.embeddings import Embedder, load_model
 from runtime.clients import grpc_dependency, open_channel
 from runtime.config import ServiceName, Settings
@@ -18,7 +20,7 @@ from runtime.server import MB, ServiceApp
 from runtime.tokens import TokenVerifier
 from services.query.cache import QueryCache
 from services.query.index import VectorIndex, open_index
-from services.query.servicer import QueryServicer
+from services.query.servicer import QueryIndexServicer, QueryServicer
 
 
 class QueryApp(ServiceApp):
@@ -42,8 +44,8 @@ class QueryApp(ServiceApp):
         # Once per process, before the first query.
         await asyncio.get_running_loop().run_in_executor(self.embed_executor, load_model)
         self.cache = QueryCache(self.settings.redis_url)
-        self.crypto_channel = open_channel(self.settings.crypto_addr)
-        self.crypto = crypto_pb2_grpc.CryptoServiceStub(self.crypto_channel)
+        self.crypto_channel = open_channel(self.settings.crypto_addr, self.identity, "crypto")
+        self.crypto = crypto_pb2_grpc.CryptoInternalServiceStub(self.crypto_channel)
         self.tokens = TokenVerifier(self.crypto)
         self.tokens.start()
 
@@ -71,4 +73,20 @@ class QueryApp(ServiceApp):
         ]
 
     def register(self, server: grpc.aio.Server) -> None:
-        query_pb2_grpc.add_QueryServiceServicer_to_server(QueryServicer(self), server)
+        def index() -> VectorIndex | None:
+            return self.index
+
+        servicer = QueryServicer(
+            index,
+            self.embedder,
+            self.embed_executor,
+            self.cache,
+            self.crypto,
+            self.tokens,
+            self.settings.hybrid_weights,
+            self.readiness,
+        )
+        query_pb2_grpc.add_QueryServiceServicer_to_server(servicer, server)
+        query_internal_pb2_grpc.add_QueryInternalServiceServicer_to_server(
+            QueryIndexServicer(index, self.cache, self.tokens), server
+        )

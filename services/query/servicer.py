@@ -1,4 +1,5 @@
-"""QueryService RPCs: ranked, decrypted, cited passages, and the index RPCs ingest uses.
+"""QueryService RPCs (ranked, decrypted, cited passages) and QueryInternalService RPCs
+(index writes and deletes for ingest, its worker and projects — runtime/callers.py).
 
 Query reads: validate → authorize → embed and hash the query → search (hybrid, dense or
 keyword; always filtered to the project) → decrypt → respond. Rankings may come from the
@@ -9,19 +10,33 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from concurrent.futures import Executor
 
+from contextcache.internal.v1 import crypto_pb2_grpc
+from contextcache.internal.v1 import query_pb2 as query_internal_pb2
+from contextcache.internal.v1 import query_pb2_grpc as query_internal_pb2_grpc
 from contextcache.v1 import query_pb2, query_pb2_grpc
 from retrieval.cipher import ContentCipher
+from retrieval.embeddings import Embedder
 from retrieval.sealing import associated_data
 from retrieval.terms import term_frequencies
 from runtime.errors import InvalidArgument, Unavailable
+from runtime.health import Readiness
 from runtime.protos import QUERY_SERVICE
-from services.query.index import Hit, IndexPoint, SearchFilter, SparseTerms, StoredChunk
+from runtime.tokens import ANY_SCOPE, TokenVerifier
+from services.query.cache import QueryCache
+from services.query.index import (
+    Hit,
+    IndexPoint,
+    SearchFilter,
+    SparseTerms,
+    StoredChunk,
+    VectorIndex,
+)
 from services.query.index.base import VectorIndexError
 
-if TYPE_CHECKING:
-    from services.query.app import QueryApp
+IndexSource = Callable[[], VectorIndex | None]
 
 DEFAULT_TOP_K = 5
 MODE_NAMES = {
@@ -62,25 +77,47 @@ def search_filter(request: query_pb2.QueryRequest) -> SearchFilter:
     )
 
 
+def open_index(source: IndexSource) -> VectorIndex:
+    index = source()
+    if index is None:
+        raise Unavailable("The vector index is not open yet. Try again shortly")
+    return index
+
+
 class QueryServicer(query_pb2_grpc.QueryServiceServicer):
-    def __init__(self, app: QueryApp) -> None:
-        self.app = app
+    def __init__(
+        self,
+        index: IndexSource,
+        embedder: Embedder,
+        embed_executor: Executor,
+        cache: QueryCache,
+        crypto: crypto_pb2_grpc.CryptoInternalServiceStub,
+        tokens: TokenVerifier,
+        hybrid_weights: tuple[float, float],
+        readiness: Readiness,
+    ) -> None:
+        self._index = index
+        self.embedder = embedder
+        self.embed_executor = embed_executor
+        self.cache = cache
+        self.crypto = crypto
+        self.tokens = tokens
+        self.hybrid_weights = hybrid_weights
+        self.readiness = readiness
 
     @property
-    def index(self):  # type: ignore[no-untyped-def]
-        if self.app.index is None:
-            raise Unavailable("The vector index is not open yet. Try again shortly")
-        return self.app.index
+    def index(self) -> VectorIndex:
+        return open_index(self._index)
 
     # -- Query -------------------------------------------------------------------------
 
     async def Query(self, request, context):
         started = time.perf_counter()
-        token = await self.app.tokens.authorize(context, request.project_id)
+        token = await self.tokens.authorize(context, request.project_id)
         top_k = request.top_k if request.HasField("top_k") else DEFAULT_TOP_K
         mode = MODE_NAMES[request.mode]
         where = search_filter(request)
-        cipher = ContentCipher(self.app.crypto, request.project_id, token)
+        cipher = ContentCipher(self.crypto, request.project_id, token)
         params = {
             "k": top_k,
             "mode": mode,
@@ -88,14 +125,14 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         }
 
         embed_ms = search_ms = 0.0
-        ranking = await self.app.cache.get(request.project_id, request.query, params)
+        ranking = await self.cache.get(request.project_id, request.query, params)
         cached = ranking is not None
         if ranking is None:
             hits, embed_ms, search_ms = await self._search(
                 cipher, request.query, mode, where, top_k
             )
             ranking = [(h.chunk_id, h.score) for h in hits]
-            await self.app.cache.put(request.project_id, request.query, params, ranking)
+            await self.cache.put(request.project_id, request.query, params, ranking)
             chunks: list[StoredChunk] = list(hits)
         else:
             search_started = time.perf_counter()
@@ -128,7 +165,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         # The model runs on its executor thread while crypto hashes the query's terms.
         embedding = (
             asyncio.get_running_loop().run_in_executor(
-                self.app.embed_executor, self.app.embedder.embed, [query]
+                self.embed_executor, self.embedder.embed, [query]
             )
             if mode in ("hybrid", "dense")
             else None
@@ -157,7 +194,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
                     where,
                     top_k,
                     fusion="rrf",
-                    weights=self.app.settings.hybrid_weights,
+                    weights=self.hybrid_weights,
                 )
         except VectorIndexError as error:
             raise Unavailable("The vector index is unavailable. Try again shortly") from error
@@ -205,9 +242,35 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
             for n, c in enumerate(chunks)
         ]
 
-    # -- index RPCs (called by the ingest service) --------------------------------------
+    async def GetStatus(self, request, context):
+        return query_pb2.QueryServiceGetStatusResponse(
+            status=await self.readiness.service_status(QUERY_SERVICE)
+        )
+
+
+class QueryIndexServicer(query_internal_pb2_grpc.QueryInternalServiceServicer):
+    """Index writes and deletes. Deletes need only the caller's identity (ingest, its
+    worker, projects): removing vectors must always be possible, even for a document whose
+    job can no longer be authorized."""
+
+    def __init__(self, index: IndexSource, cache: QueryCache, tokens: TokenVerifier) -> None:
+        self._index = index
+        self.cache = cache
+        self.tokens = tokens
+
+    @property
+    def index(self) -> VectorIndex:
+        return open_index(self._index)
 
     async def IndexChunks(self, request, context):
+        # Content enters the index only under a token: the document's job token (bound to
+        # that document) or the project's unlock token (ReindexProject).
+        documents = {c.document_id for c in request.chunks}
+        if len(documents) != 1:
+            raise InvalidArgument.for_field("chunks", "All chunks must be of one document")
+        await self.tokens.authorize(
+            context, request.project_id, scopes=ANY_SCOPE, document_id=documents.pop()
+        )
         points = [
             IndexPoint(
                 chunk_id=c.chunk_id,
@@ -233,20 +296,15 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
             raise InvalidArgument.for_field("chunks", str(error)) from None
         except VectorIndexError as error:
             raise Unavailable("The vector index is unavailable. Try again shortly") from error
-        await self.app.cache.invalidate(request.project_id)
-        return query_pb2.IndexChunksResponse(indexed=written)
+        await self.cache.invalidate(request.project_id)
+        return query_internal_pb2.IndexChunksResponse(indexed=written)
 
     async def DeleteDocumentChunks(self, request, context):
         await self.index.delete_document(request.project_id, request.document_id)
-        await self.app.cache.invalidate(request.project_id)
-        return query_pb2.DeleteDocumentChunksResponse()
+        await self.cache.invalidate(request.project_id)
+        return query_internal_pb2.DeleteDocumentChunksResponse()
 
     async def DeleteProjectIndex(self, request, context):
         await self.index.delete_project(request.project_id)
-        await self.app.cache.invalidate(request.project_id)
-        return query_pb2.DeleteProjectIndexResponse()
-
-    async def GetStatus(self, request, context):
-        return query_pb2.QueryServiceGetStatusResponse(
-            status=await self.app.readiness.service_status(QUERY_SERVICE)
-        )
+        await self.cache.invalidate(request.project_id)
+        return query_internal_pb2.DeleteProjectIndexResponse()

@@ -15,9 +15,9 @@ from redis.backoff import NoBackoff
 from runtime.config import ServiceName, Settings
 from runtime.health import Dependency
 from runtime.server import ServiceApp
+from runtime.windows import WindowCounter
 from services.ratelimit.rules import load_rules
 from services.ratelimit.servicer import RateLimitServicer
-from services.ratelimit.windows import WindowCounter
 
 RATE_LIMIT_SERVICE = rls_pb2.DESCRIPTOR.services_by_name["RateLimitService"].full_name
 # A rate limit decision sits in front of every request: never wait long for Redis.
@@ -27,6 +27,7 @@ REDIS_TIMEOUT = 0.25
 class RatelimitApp(ServiceApp):
     name = ServiceName.RATELIMIT
     service_names = (RATE_LIMIT_SERVICE,)
+    public_service_names = (RATE_LIMIT_SERVICE,)
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)

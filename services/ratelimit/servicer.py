@@ -14,8 +14,8 @@ from envoy_rls import rls_pb2, rls_pb2_grpc
 from google.protobuf import duration_pb2
 
 from runtime.errors import InvalidArgument
+from runtime.windows import Window, WindowCounter, window_for
 from services.ratelimit.rules import Limit, RateLimitRules
-from services.ratelimit.windows import Window, WindowCounter, window_for
 
 Response = rls_pb2.RateLimitResponse
 UNITS = {

@@ -14,9 +14,8 @@ import psycopg
 import pytest
 import sqlalchemy
 
-from contextcache.v1 import crypto_pb2, crypto_pb2_grpc
-
 from .support import CHEAP_KDF, PASSPHRASE, Project, RunningCrypto, settings_for
+from .support import crypto_messages as crypto_pb2
 
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -54,7 +53,7 @@ def crypto(database_url: str, tmp_path_factory) -> Iterator[RunningCrypto]:
 
 
 @pytest.fixture(scope="session")
-def stub(crypto: RunningCrypto) -> crypto_pb2_grpc.CryptoServiceStub:
+def stub(crypto: RunningCrypto):  # type: ignore[no-untyped-def]
     return crypto.stub
 
 
@@ -68,7 +67,7 @@ def db(database_url: str) -> Iterator[sqlalchemy.Engine]:
 
 
 @pytest.fixture(scope="session")
-def new_project(stub: crypto_pb2_grpc.CryptoServiceStub) -> Callable[[], Project]:
+def new_project(stub) -> Callable[[], Project]:  # type: ignore[no-untyped-def]
     """Creates a keyring for a fresh project id and unlocks it."""
 
     def create(passphrase: str = PASSPHRASE) -> Project:

@@ -13,9 +13,14 @@ from pathlib import Path
 import grpc
 import pytest
 
-from contextcache.v1 import crypto_pb2, crypto_pb2_grpc
+from contextcache.internal.v1 import crypto_pb2 as internal_pb2
+from contextcache.internal.v1 import crypto_pb2_grpc as internal_grpc
+from contextcache.v1 import crypto_pb2 as public_pb2
+from contextcache.v1 import crypto_pb2_grpc
+from runtime.callers import INTERNAL_CALLERS
 from runtime.config import Settings
 from runtime.server import Server
+from runtime.tls import workload_identity
 from services.crypto.app import CryptoApp
 from services.crypto.config import CryptoConfig
 
@@ -43,21 +48,66 @@ class RunningCrypto:
 
         self.port = asyncio.run_coroutine_threadsafe(start(), self.loop).result(60)
         self.address = f"127.0.0.1:{self.port}"
-        self.channel = grpc.insecure_channel(
-            self.address,
-            options=[
-                ("grpc.max_send_message_length", 64 * 1024 * 1024),
-                ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-            ],
-        )
-        self.stub = crypto_pb2_grpc.CryptoServiceStub(self.channel)
+        self.channels: dict[str, grpc.Channel] = {}
+        self.stub = CallerStub(self)
+
+    def channel(self, identity: str = "operator") -> grpc.Channel:
+        """A channel to the server authenticated as `identity` (runtime/tls.py)."""
+        if identity not in self.channels:
+            self.channels[identity] = grpc.secure_channel(
+                self.address,
+                workload_identity(self.settings, identity).channel_credentials(),
+                options=[
+                    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+                    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+                ],
+            )
+        return self.channels[identity]
 
     def stop(self) -> None:
-        self.channel.close()
+        for channel in self.channels.values():
+            channel.close()
         asyncio.run_coroutine_threadsafe(self.server.stop(0), self.loop).result(60)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
         self.loop.close()
+
+
+class CallerStub:
+    """Both crypto APIs, each method called as the workload that calls it in production:
+    public methods as the operator, internal ones as the first identity the caller table
+    (runtime/callers.py) lets call them."""
+
+    PREFERRED = ("projects", "ingest", "worker", "query")
+
+    def __init__(self, crypto: RunningCrypto) -> None:
+        self._crypto = crypto
+
+    def as_identity(self, identity: str):  # type: ignore[no-untyped-def]
+        channel = self._crypto.channel(identity)
+        return crypto_pb2_grpc.CryptoServiceStub(channel), internal_grpc.CryptoInternalServiceStub(
+            channel
+        )
+
+    def __getattr__(self, method: str):  # type: ignore[no-untyped-def]
+        path = f"/contextcache.internal.v1.CryptoInternalService/{method}"
+        if path not in INTERNAL_CALLERS:
+            return getattr(self.as_identity("operator")[0], method)
+        allowed = INTERNAL_CALLERS[path]
+        identity = next(name for name in self.PREFERRED if name in allowed)
+        return getattr(self.as_identity(identity)[1], method)
+
+
+class _BothApis:
+    """Message classes of contextcache.v1.crypto and contextcache.internal.v1.crypto."""
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        if hasattr(internal_pb2, name):
+            return getattr(internal_pb2, name)
+        return getattr(public_pb2, name)
+
+
+crypto_messages = _BothApis()
 
 
 def settings_for(database_url: str, data_dir: Path, **overrides: object) -> Settings:
@@ -80,7 +130,7 @@ def with_token(token: str) -> tuple[tuple[str, str], ...]:
 class Project:
     id: str
     passphrase: str
-    keyring: crypto_pb2.Keyring
+    keyring: internal_pb2.Keyring
     token: str
 
     @property

@@ -10,9 +10,8 @@ import uuid
 import grpc
 import sqlalchemy
 
-from contextcache.v1 import crypto_pb2
-
 from .support import CHEAP_KDF, RunningCrypto, code_of
+from .support import crypto_messages as crypto_pb2
 
 INGESTED = crypto_pb2.AUDIT_EVENT_TYPE_DOCUMENT_INGESTED
 
@@ -103,27 +102,37 @@ def test_list_pages_through_events_in_order(stub, new_project):
     seen, token = [], ""
     while True:
         page = stub.ListAuditEvents(
-            crypto_pb2.ListAuditEventsRequest(project_id=project.id, page_size=3, page_token=token)
+            crypto_pb2.ListAuditEventsRequest(project_id=project.id, page_size=3, page_token=token),
+            metadata=project.metadata,
         )
         seen += [e.seq for e in page.events]
         token = page.next_page_token
         if not token:
             break
     assert seen == list(range(1, 8))
-    default = stub.ListAuditEvents(crypto_pb2.ListAuditEventsRequest(project_id=project.id))
+    default = stub.ListAuditEvents(
+        crypto_pb2.ListAuditEventsRequest(project_id=project.id), metadata=project.metadata
+    )
     assert len(default.events) == 7 and not default.next_page_token
     code, message = code_of(
         lambda: stub.ListAuditEvents(
-            crypto_pb2.ListAuditEventsRequest(project_id=project.id, page_token="garbage!")
+            crypto_pb2.ListAuditEventsRequest(project_id=project.id, page_token="garbage!"),
+            metadata=project.metadata,
         )
     )
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "page token" in message
     code, _ = code_of(
         lambda: stub.ListAuditEvents(
-            crypto_pb2.ListAuditEventsRequest(project_id=project.id, page_size=101)
+            crypto_pb2.ListAuditEventsRequest(project_id=project.id, page_size=101),
+            metadata=project.metadata,
         )
     )
     assert code == grpc.StatusCode.INVALID_ARGUMENT
+    # Reading events needs the project's unlock token; verifying the chain does not.
+    code, _ = code_of(
+        lambda: stub.ListAuditEvents(crypto_pb2.ListAuditEventsRequest(project_id=project.id))
+    )
+    assert code == grpc.StatusCode.UNAUTHENTICATED
 
 
 def test_verification_needs_no_token_and_reports_the_head(stub, new_project):

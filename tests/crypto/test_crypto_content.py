@@ -12,10 +12,10 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from contextcache.v1 import crypto_pb2
 from services.crypto.tokens import TokenAuthority
 
 from .support import SEALING_KEY, code_of
+from .support import crypto_messages as crypto_pb2
 
 
 def items(*pairs):

@@ -15,10 +15,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from contextcache.v1 import crypto_pb2
 from services.crypto.aead import Aead, AuthenticationFailed
 
 from .support import code_of
+from .support import crypto_messages as crypto_pb2
 
 FAST = crypto_pb2.Argon2Params(time_cost=1, memory_kib=8192, parallelism=1)
 

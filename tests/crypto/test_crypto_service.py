@@ -20,16 +20,17 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from sentry_sdk.transport import Transport
 
-from contextcache.v1 import common_pb2, crypto_pb2
+from contextcache.v1 import common_pb2
 from runtime.protos import CRYPTO_SERVICE
 from runtime.telemetry import configure_sentry, tracer_provider
 from services.crypto.tokens import TokenAuthority
 
 from .support import CHEAP_KDF, SEALING_KEY, RunningCrypto, settings_for
+from .support import crypto_messages as crypto_pb2
 
 
 def test_health_and_status(crypto):
-    health = health_pb2_grpc.HealthStub(crypto.channel)
+    health = health_pb2_grpc.HealthStub(crypto.channel())
     for name in ("", CRYPTO_SERVICE, "liveness"):
         response = health.Check(health_pb2.HealthCheckRequest(service=name))
         assert response.status == health_pb2.HealthCheckResponse.SERVING
@@ -118,7 +119,8 @@ def test_no_secret_in_logs_errors_spans_or_sentry(tmp_path, caplog, capfd):
             crypto_pb2.HashTermsRequest(project_id=project_id, terms=[term]), metadata=metadata
         )
         job = stub.IssueJobToken(
-            crypto_pb2.IssueJobTokenRequest(project_id=project_id), metadata=metadata
+            crypto_pb2.IssueJobTokenRequest(project_id=project_id, document_id=project_id),
+            metadata=metadata,
         ).job_token
         other_project = str(uuid.uuid4())
         expect_failure(

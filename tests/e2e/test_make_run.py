@@ -1,5 +1,6 @@
-"""The stack as `make run` starts it (every service and Envoy as processes), used through
-Envoy with grpcurl and stubs, then stopped with SIGINT: nothing is left running."""
+"""The stack as `make run` starts it (every service, Envoy and the web console's file server as
+processes), used through Envoy with grpcurl and stubs, then stopped with SIGINT: nothing is
+left running."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import time
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 
 from contextcache.v1 import (
@@ -39,6 +41,7 @@ def stack_env(tmp_path):
         DATA_DIR=str(tmp_path / "var"),
         GATEWAY_PORT=str(free_port()),
         GATEWAY_ADMIN_PORT=str(free_port()),
+        CONSOLE_PORT=str(free_port()),
         GATEWAY_HEALTH_CHECK_INTERVAL="1",
         ARGON2_MEMORY_KIB="8192",
         ARGON2_TIME_COST="1",
@@ -59,11 +62,18 @@ def test_make_run_serves_through_envoy_and_stops_cleanly(stack_env):
     output: list[str] = []
     try:
         deadline = time.monotonic() + 180
-        while not any("ContextCache is running" in line for line in output):
+        # "Web console: <url>" follows "ContextCache is running…".
+        while not any(line.startswith("Web console:") for line in output):
             line = process.stdout.readline()
             assert line or process.poll() is None, "".join(output)
             output.append(line)
             assert time.monotonic() < deadline, "".join(output)
+
+        console = f"http://127.0.0.1:{stack_env['CONSOLE_PORT']}"
+        assert f"Web console: {console}\n" in output, "".join(output)
+        assert "ContextCache console" in httpx.get(console, timeout=10).text
+        config = httpx.get(f"{console}/config.json", timeout=10).json()
+        assert config == {"gatewayUrl": f"http://{gateway}"}
 
         listed = subprocess.run(
             [GRPCURL, "-plaintext", gateway, "list"], capture_output=True, text=True, timeout=30
@@ -102,6 +112,32 @@ def test_make_run_serves_through_envoy_and_stops_cleanly(stack_env):
                 timeout=30,
             )
             assert answer.passages[0].document_title == "Tides"
+
+            # A wrong-passphrase storm from this address, with a new API key on each try:
+            # at most 5 wrong answers a minute, then RESOURCE_EXHAUSTED.
+            codes = []
+            for attempt in range(10):
+                try:
+                    projects.UnlockProject(
+                        projects_pb2.UnlockProjectRequest(
+                            project_id=project.id, passphrase=f"guess number {attempt} is wrong"
+                        ),
+                        metadata=(("x-api-key", f"key-{attempt}"),),
+                        timeout=30,
+                    )
+                except grpc.RpcError as error:
+                    codes.append(error.code())
+            assert codes.count(grpc.StatusCode.PERMISSION_DENIED) <= 5, codes
+            assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) >= 5, codes
+            # The internal API is not served by the gateway, whatever the caller sends.
+            purge = channel.unary_unary(
+                "/contextcache.internal.v1.IngestInternalService/PurgeProject",
+                request_serializer=None,
+                response_deserializer=None,
+            )
+            with pytest.raises(grpc.RpcError) as refused:
+                purge(b"", timeout=10)
+            assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
     finally:
         process.send_signal(signal.SIGINT)
         try:
@@ -111,7 +147,9 @@ def test_make_run_serves_through_envoy_and_stops_cleanly(stack_env):
             raise
     assert process.returncode == 0
     ports = [int(v.rpartition(":")[2]) for k, v in stack_env.items() if k.endswith("_ADDR")]
-    ports += [int(stack_env["GATEWAY_PORT"]), int(stack_env["GATEWAY_ADMIN_PORT"])]
+    ports += [
+        int(stack_env[name]) for name in ("GATEWAY_PORT", "GATEWAY_ADMIN_PORT", "CONSOLE_PORT")
+    ]
     for port in ports:  # nothing is left listening
         with socket.socket() as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

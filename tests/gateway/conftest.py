@@ -89,7 +89,14 @@ def start_service(module: str, port: int, env: dict[str, str], logs: Path) -> Pr
     process = spawn(
         module.rsplit(".", 1)[-1],
         [sys.executable, "-m", module],
-        {"PORT": str(port), "LISTEN_HOST": "127.0.0.1", "HEALTH_CHECK_INTERVAL": "1", **env},
+        {
+            "PORT": str(port),
+            "LISTEN_HOST": "127.0.0.1",
+            "HEALTH_CHECK_INTERVAL": "1",
+            # One development CA for every process of the session, Envoy included.
+            "TLS_DIR": str(logs / "tls"),
+            **env,
+        },
         logs,
     )
     try:
@@ -143,6 +150,7 @@ def gateway(
         gateway_admin_port=admin_port,
         gateway_health_check_interval=0.5,
         cors_origins=ALLOWED_ORIGIN,
+        tls_dir=logs / "tls",
         **settings,
     )
     path = render(config, logs / f"envoy-{port}.yaml")

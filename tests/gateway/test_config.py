@@ -11,6 +11,7 @@ import yaml
 
 from runtime.config import REPO_ROOT, Settings
 from runtime.gateway import envoy_command, render, render_text
+from runtime.tls import ensure_dev_pki
 from tests.gateway.conftest import free_port
 
 pytestmark = pytest.mark.envoy
@@ -26,6 +27,8 @@ K8S_GATEWAY = {
     "ratelimit_addr": "ratelimit.contextcache.svc.cluster.local:8081",
     "gateway_health_check_interval": 5,
     "gateway_local_rate_limit": 500,
+    "environment": "production",
+    "tls_dir": "/etc/contextcache/tls",
 }
 
 
@@ -60,7 +63,11 @@ def test_kubernetes_envoy_config_is_the_rendered_template(tmp_path):
     assert (K8S / "envoy.yaml").read_text() == rendered, (
         "k8s/envoy.yaml is stale: regenerate it as k8s/README.md says"
     )
-    result = validate_envoy(K8S / "envoy.yaml")
+    # Validated with certificates where the pod mounts its Secret (a development CA here).
+    ensure_dev_pki(tmp_path / "tls")
+    local = tmp_path / "envoy.yaml"
+    local.write_text(rendered.replace("/etc/contextcache/tls", str(tmp_path / "tls")))
+    result = validate_envoy(local)
     assert result.returncode == 0, result.stderr + result.stdout
 
 
@@ -108,3 +115,57 @@ def test_kustomization_builds_and_every_manifest_validates():
 def test_kubernetes_rate_limit_rules_are_the_shipped_rules():
     shipped = (REPO_ROOT / "envoy" / "ratelimit.yaml").read_text()
     assert (K8S / "ratelimit-rules.yaml").read_text() == shipped
+
+
+def test_network_policies_are_generated_from_the_caller_table_and_allow_exactly_its_paths():
+    from runtime.callers import call_paths
+    from runtime.network_policies import POD_NAMES, render
+    from runtime.protos import PUBLIC_METHODS
+
+    assert (K8S / "network-policies.yaml").read_text() == render(), (
+        "k8s/network-policies.yaml is stale: python -m runtime.network_policies > "
+        "k8s/network-policies.yaml"
+    )
+    built = subprocess.run(
+        ["kubectl", "kustomize", str(K8S)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert built.returncode == 0, built.stderr
+    documents = [doc for doc in yaml.safe_load_all(built.stdout) if doc]
+    deployments = {doc["metadata"]["name"]: doc for doc in documents if doc["kind"] == "Deployment"}
+    ports = {
+        name: {
+            port["containerPort"]
+            for container in doc["spec"]["template"]["spec"]["containers"]
+            for port in container.get("ports", ())
+        }
+        for name, doc in deployments.items()
+    }
+    allowed = set()
+    for doc in documents:
+        if doc["kind"] != "NetworkPolicy":
+            continue
+        callee = doc["spec"]["podSelector"].get("matchLabels", {}).get("app.kubernetes.io/name")
+        for rule in doc["spec"].get("ingress", ()):
+            for source in rule.get("from", ()):
+                for expression in source["podSelector"]["matchExpressions"]:
+                    for caller in expression["values"]:
+                        for port in rule["ports"]:
+                            assert port["port"] in ports[callee], (callee, port)
+                            allowed.add((caller, callee))
+    wanted = {
+        (POD_NAMES.get(p.caller, p.caller), POD_NAMES.get(p.callee, p.callee))
+        for p in call_paths(PUBLIC_METHODS)
+    }
+    assert allowed == wanted
+    # Background ingestion and deletion: the paths the last policies missed.
+    assert {("ingest-worker", "query"), ("ingest-worker", "crypto"), ("projects", "query")} <= (
+        allowed
+    )
+    # Only crypto is given the token sealing key.
+    for name, doc in deployments.items():
+        env = {
+            e["name"]
+            for c in doc["spec"]["template"]["spec"]["containers"]
+            for e in c.get("env", ())
+        }
+        assert ("TOKEN_SEALING_KEY" in env) == (name == "crypto"), name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import struct
 import subprocess
 import uuid
@@ -10,12 +11,15 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
+import yaml
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
-from contextcache.v1 import crypto_pb2, crypto_pb2_grpc, projects_pb2
-from runtime.protos import SERVICE_NAMES
+from contextcache.v1 import projects_pb2
+from runtime.config import Settings
+from runtime.gateway import render_text
+from runtime.protos import INTERNAL_METHODS, PUBLIC_METHODS, SERVICE_NAMES
 from tests.gateway.conftest import ALLOWED_ORIGIN, project_stub, wait_until
 
 pytestmark = pytest.mark.envoy
@@ -54,6 +58,8 @@ def test_grpcurl_lists_every_service_and_describes_a_method(envoy):
     listed = grpcurl(envoy.address, "list").split()
     for name in SERVICE_NAMES:
         assert name in listed
+    # Reflection through the gateway shows the public API only.
+    assert not [name for name in listed if name.startswith("contextcache.internal.")], listed
     # Python's reflection server resolves services and messages (not bare method symbols).
     described = grpcurl(envoy.address, "describe", "contextcache.v1.ProjectService")
     assert "rpc CreateProject ( .contextcache.v1.CreateProjectRequest )" in described
@@ -90,13 +96,54 @@ def test_bad_request_details_pass_through_the_gateway(envoy):
     assert "name" in violations
 
 
-def test_internal_rpcs_are_not_served_to_the_outside(envoy):
+def _raw_call(channel: grpc.Channel, method: str) -> grpc.StatusCode:
+    """Calls `method` with an empty request (bytes in, bytes out) and returns the status."""
+    call = channel.unary_unary(method, request_serializer=None, response_deserializer=None)
+    try:
+        call(b"", timeout=5, metadata=(("x-api-key", uuid.uuid4().hex),))
+    except grpc.RpcError as error:
+        return error.code()
+    return grpc.StatusCode.OK
+
+
+def test_every_internal_rpc_is_refused_and_every_public_one_routed(envoy):
+    """The gateway's allow-list against the descriptors, over the wire: no internal method
+    (or unknown path) reaches a service; each public method reaches its service (only the
+    projects service runs here, so the others answer UNAVAILABLE from Envoy, never 403)."""
     with grpc.insecure_channel(envoy.address) as channel:
-        stub = crypto_pb2_grpc.CryptoServiceStub(channel)
-        with pytest.raises(grpc.RpcError) as caught:
-            stub.OpenKeyring(crypto_pb2.OpenKeyringRequest(), timeout=5)
-    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
-    assert "internal" in caught.value.details()
+        for method in (*INTERNAL_METHODS, "/contextcache.v1.ProjectService/Nope", "/x.Y/Z"):
+            assert _raw_call(channel, method) == grpc.StatusCode.PERMISSION_DENIED, method
+        for method in PUBLIC_METHODS:
+            if method.endswith(("/WatchDocument", "/UnlockProject", "/ChangePassphrase")):
+                continue  # streaming, or limited to 5 a minute (test_ratelimit covers them)
+            code = _raw_call(channel, method)
+            assert code != grpc.StatusCode.PERMISSION_DENIED, (method, code)
+
+
+def test_route_table_allows_exactly_the_public_methods():
+    """The rendered route table, read as Envoy reads it, matches every public method and no
+    internal one: the allow-list cannot drift from the protos."""
+    config = yaml.safe_load(render_text(Settings()))
+    routes = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
+        "typed_config"
+    ]["route_config"]["virtual_hosts"][0]["routes"]
+
+    def first_route(path: str) -> dict:
+        for route in routes:
+            match = route["match"]
+            if "path" in match and match["path"] == path:
+                return route
+            if "prefix" in match and path.startswith(match["prefix"]):
+                return route
+            if "safe_regex" in match and re.fullmatch(match["safe_regex"]["regex"], path):
+                return route
+        raise AssertionError(f"no route for {path}")
+
+    routed = {m for m in (*PUBLIC_METHODS, *INTERNAL_METHODS) if "route" in first_route(m)}
+    assert routed == set(PUBLIC_METHODS)
+    assert "route" in first_route("/grpc.health.v1.Health/Check")
+    assert "route" in first_route("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo")
+    assert first_route("/anything/else")["direct_response"]["status"] == 403
 
 
 def test_grpc_web_call_over_http1_with_cors(envoy):

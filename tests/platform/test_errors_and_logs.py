@@ -71,7 +71,10 @@ async def test_unexpected_errors_are_internal_with_a_reference_and_reach_sentry(
 ):
     settings = make_settings(sentry_dsn=sentry_dsn)
     assert configure_sentry(settings, "projects")
-    async with running(FailingApp(settings)) as server, channel_to(server.port) as channel:
+    async with (
+        running(FailingApp(settings)) as server,
+        channel_to(server.port, server.settings) as channel,
+    ):
         stub = projects_pb2_grpc.ProjectServiceStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await stub.GetProject(
@@ -95,7 +98,10 @@ async def test_unexpected_errors_are_internal_with_a_reference_and_reach_sentry(
 
 async def test_every_call_logs_one_line_and_returns_x_process_time(make_settings, caplog):
     caplog.set_level(logging.INFO, logger="contextcache.rpc")
-    async with running(ProjectsApp(make_settings())) as server, channel_to(server.port) as ch:
+    async with (
+        running(ProjectsApp(make_settings())) as server,
+        channel_to(server.port, server.settings) as ch,
+    ):
         stub = projects_pb2_grpc.ProjectServiceStub(ch)
         call = stub.ListProjects(projects_pb2.ListProjectsRequest(page_size=5))
         await call
@@ -122,7 +128,10 @@ async def test_json_log_lines(make_settings, capfd):
 
     configure_logging("json", "INFO", "projects")
     try:
-        async with running(ProjectsApp(make_settings())) as server, channel_to(server.port) as c:
+        async with (
+            running(ProjectsApp(make_settings())) as server,
+            channel_to(server.port, server.settings) as c,
+        ):
             await projects_pb2_grpc.ProjectServiceStub(c).ListProjects(
                 projects_pb2.ListProjectsRequest(), metadata=(("x-request-id", "req-123"),)
             )

@@ -24,7 +24,7 @@ async def status_of(stub: health_pb2_grpc.HealthStub, name: str) -> int:
 async def test_every_service_name_is_serving(make_settings):
     for app_class in (ProjectsApp, IngestApp, QueryApp):
         app = app_class(make_settings())
-        async with running(app) as server, channel_to(server.port) as channel:
+        async with running(app) as server, channel_to(server.port, server.settings) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             for name in ("", "liveness", *app.service_names):
                 assert await status_of(stub, name) == SERVING, (app_class.__name__, name)
@@ -41,7 +41,7 @@ async def test_readiness_follows_the_database_and_recovers(make_settings, postgr
     url = postgres_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
     app = ProjectsApp(make_settings(database_url=url))
     try:
-        async with running(app) as server, channel_to(server.port) as channel:
+        async with running(app) as server, channel_to(server.port, server.settings) as channel:
             health = health_pb2_grpc.HealthStub(channel)
             projects = projects_pb2_grpc.ProjectServiceStub(channel)
             assert await status_of(health, PROJECT_SERVICE) == SERVING
@@ -76,7 +76,7 @@ async def test_watch_streams_status_changes(make_settings, postgres_url):
     url = postgres_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
     try:
         async with running(ProjectsApp(make_settings(database_url=url))) as server:
-            async with channel_to(server.port) as channel:
+            async with channel_to(server.port, server.settings) as channel:
                 stub = health_pb2_grpc.HealthStub(channel)
                 watch = stub.Watch(health_pb2.HealthCheckRequest(service=PROJECT_SERVICE))
                 first = await watch.read()
@@ -90,3 +90,31 @@ async def test_watch_streams_status_changes(make_settings, postgres_url):
 
 
 import asyncio  # noqa: E402
+
+
+async def test_the_probe_port_serves_health_in_plaintext_and_nothing_else(make_settings):
+    """Kubernetes' gRPC probes cannot present a certificate: HEALTH_PORT answers them, and
+    only them; the service port still refuses plaintext."""
+    from runtime.ports import free_port
+
+    probe_port = free_port()
+    app = ProjectsApp(make_settings(health_port=probe_port))
+    async with running(app) as server:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{probe_port}") as plain:
+            stub = health_pb2_grpc.HealthStub(plain)
+            for name in ("liveness", PROJECT_SERVICE):
+                assert await status_of(stub, name) == SERVING
+            projects = projects_pb2_grpc.ProjectServiceStub(plain)
+            try:
+                await projects.ListProjects(projects_pb2.ListProjectsRequest(), timeout=3)
+                raise AssertionError("the probe port must serve health only")
+            except grpc.aio.AioRpcError as error:
+                assert error.code() == grpc.StatusCode.UNIMPLEMENTED
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as plain:
+            try:
+                await health_pb2_grpc.HealthStub(plain).Check(
+                    health_pb2.HealthCheckRequest(), timeout=3
+                )
+                raise AssertionError("the service port must refuse plaintext")
+            except grpc.aio.AioRpcError as error:
+                assert error.code() == grpc.StatusCode.UNAVAILABLE

@@ -12,7 +12,7 @@ from opentelemetry.trace import SpanKind
 from contextcache.v1 import crypto_pb2, crypto_pb2_grpc, projects_pb2
 from runtime.clients import open_channel
 from runtime.telemetry import tracer_provider
-from tests.conftest import PASSPHRASE
+from tests.conftest import PASSPHRASE, identity_of
 
 
 async def test_a_call_across_services_is_one_trace(stack):
@@ -45,7 +45,8 @@ async def test_a_call_across_services_is_one_trace(stack):
 async def test_health_probes_and_reflection_are_not_traced_other_calls_are(stack):
     exporter = InMemorySpanExporter()
     tracer_provider("tests", SimpleSpanProcessor(exporter))
-    channel = open_channel(f"127.0.0.1:{stack.ports['crypto']}")  # traced as services' are
+    # Traced as services' channels are.
+    channel = open_channel(f"127.0.0.1:{stack.ports['crypto']}", identity_of(stack.settings))
     try:
         await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
         reflection = reflection_pb2_grpc.ServerReflectionStub(channel)

@@ -75,7 +75,10 @@ PROJECT_CASES = [
 
 @pytest.mark.parametrize(("request_", "method", "violation", "message"), PROJECT_CASES)
 async def test_project_rules(make_settings, request_, method, violation, message):
-    async with running(ProjectsApp(make_settings())) as server, channel_to(server.port) as ch:
+    async with (
+        running(ProjectsApp(make_settings())) as server,
+        channel_to(server.port, server.settings) as ch,
+    ):
         stub = projects_pb2_grpc.ProjectServiceStub(ch)
         text, violations = await invalid(getattr(stub, method), request_)
         assert violation in violations
@@ -83,7 +86,10 @@ async def test_project_rules(make_settings, request_, method, violation, message
 
 
 async def test_a_malformed_page_token_names_the_field(make_settings):
-    async with running(ProjectsApp(make_settings())) as server, channel_to(server.port) as ch:
+    async with (
+        running(ProjectsApp(make_settings())) as server,
+        channel_to(server.port, server.settings) as ch,
+    ):
         stub = projects_pb2_grpc.ProjectServiceStub(ch)
         _, violations = await invalid(
             stub.ListProjects, projects_pb2.ListProjectsRequest(page_token="%%%")
@@ -124,7 +130,10 @@ INGEST_CASES = [
 
 @pytest.mark.parametrize(("request_", "violation"), INGEST_CASES)
 async def test_ingest_rules(make_settings, request_, violation):
-    async with running(IngestApp(make_settings())) as server, channel_to(server.port) as ch:
+    async with (
+        running(IngestApp(make_settings())) as server,
+        channel_to(server.port, server.settings) as ch,
+    ):
         stub = ingest_pb2_grpc.IngestServiceStub(ch)
         _, violations = await invalid(stub.IngestDocument, request_)
         assert violation in violations, violations
@@ -154,7 +163,10 @@ QUERY_CASES = [
 
 @pytest.mark.parametrize(("request_", "violation"), QUERY_CASES)
 async def test_query_rules(make_settings, request_, violation):
-    async with running(QueryApp(make_settings())) as server, channel_to(server.port) as ch:
+    async with (
+        running(QueryApp(make_settings())) as server,
+        channel_to(server.port, server.settings) as ch,
+    ):
         stub = query_pb2_grpc.QueryServiceStub(ch)
         _, violations = await invalid(stub.Query, request_)
         assert violation in violations, violations

@@ -1,5 +1,7 @@
 """DeleteProject removes a project everywhere — also when a service it needs is down when
-the call is made: the deletion is recorded first and completed by retrying."""
+the call is made: the deletion is recorded first and completed by retrying. The deletion's
+audit event is appended first, with the caller's token (no token is kept at rest), so with
+crypto down the call is refused as UNAVAILABLE and nothing changes until it is back."""
 
 from __future__ import annotations
 
@@ -53,7 +55,38 @@ async def gone(stack, project_id: str) -> bool:
     return False
 
 
-@pytest.mark.parametrize("down", ["ingest", "crypto", "query"])
+async def test_delete_with_crypto_down_changes_nothing_and_works_once_it_is_back(
+    make_settings, database
+):
+    async with running_stack(make_settings, database_url=database) as stack:
+        project, token = await populated_project(stack)
+        await stack.stop_service("crypto")
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await stack.projects.DeleteProject(
+                projects_pb2.DeleteProjectRequest(project_id=project.id), metadata=token
+            )
+        assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+        still = (
+            await stack.projects.GetProject(projects_pb2.GetProjectRequest(project_id=project.id))
+        ).project
+        assert still.state == projects_pb2.Project.STATE_ACTIVE
+        await stack.start_service("crypto")
+
+        async def deleted() -> bool:  # the caller retries, as UNAVAILABLE invites
+            try:
+                await stack.projects.DeleteProject(
+                    projects_pb2.DeleteProjectRequest(project_id=project.id), metadata=token
+                )
+            except grpc.aio.AioRpcError as error:
+                assert error.code() == grpc.StatusCode.UNAVAILABLE
+                return False
+            return True
+
+        await eventually(deleted, timeout=20, every=0.5)
+        await eventually(lambda: gone(stack, project.id), timeout=20, every=0.5)
+
+
+@pytest.mark.parametrize("down", ["ingest", "query"])
 async def test_delete_completes_after_a_service_comes_back(make_settings, database, down):
     async with running_stack(make_settings, database_url=database) as stack:
         project, token = await populated_project(stack)

@@ -10,7 +10,7 @@ import grpc
 import pytest
 from google.protobuf import field_mask_pb2
 
-from contextcache.v1 import crypto_pb2, projects_pb2
+from contextcache.v1 import crypto_pb2, projects_pb2, query_pb2
 from runtime.errors import bad_request_of
 from tests.conftest import PASSPHRASE, new_project, running_stack
 
@@ -194,12 +194,32 @@ async def test_unlock_and_change_passphrase(services):
     )
     assert renewed.unlock_token
 
+    # A token issued before the change opens nothing any more, wherever it is used.
+    stale = (("x-unlock-token", unlocked.unlock_token),)
+    for call in (
+        services.crypto.ListAuditEvents(
+            crypto_pb2.ListAuditEventsRequest(project_id=project.id), metadata=stale
+        ),
+        services.query.Query(
+            query_pb2.QueryRequest(project_id=project.id, query="anything"), metadata=stale
+        ),
+        services.projects.DeleteProject(
+            projects_pb2.DeleteProjectRequest(project_id=project.id), metadata=stale
+        ),
+    ):
+        assert await code_of(call) == grpc.StatusCode.UNAUTHENTICATED
+
     audit = await services.crypto.ListAuditEvents(
-        crypto_pb2.ListAuditEventsRequest(project_id=project.id, page_size=100)
+        crypto_pb2.ListAuditEventsRequest(project_id=project.id, page_size=100),
+        metadata=(("x-unlock-token", renewed.unlock_token),),
     )
     types = [crypto_pb2.AuditEventType.Name(e.type) for e in audit.events]
     assert types[0] == "AUDIT_EVENT_TYPE_PROJECT_CREATED"
     assert "AUDIT_EVENT_TYPE_PASSPHRASE_CHANGED" in types
+    # Two wrong passphrases (one before, one after the change) were audited as counts.
+    failed = [e for e in audit.events if e.type == crypto_pb2.AUDIT_EVENT_TYPE_UNLOCK_FAILED]
+    assert sum(int(e.attributes["count"]) for e in failed) == 2
+    assert all(set(e.attributes) == {"count"} for e in failed)
     verified = await services.crypto.VerifyAuditChain(
         crypto_pb2.VerifyAuditChainRequest(project_id=project.id, public_key=project.public_key)
     )
