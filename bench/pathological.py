@@ -46,6 +46,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from contextcache.v1 import ingest_pb2, ingest_pb2_grpc, projects_pb2, projects_pb2_grpc
+from runtime.tls import target_name, workload_identity
 from services.ingest.pipeline.errors import IngestError
 from services.ingest.pipeline.extract import extract_html
 from services.ingest.pipeline.prepare import prepare, prepare_text
@@ -275,10 +276,20 @@ async def end_to_end(all_cases: list[Case], idle: Case, settings) -> None:  # ty
     paths = {id(c): f"/{i}" for i, c in enumerate(all_cases) if c.kind == "url"}
     site = Site({paths[id(c)]: c for c in all_cases if c.kind == "url"})
     options = [("grpc.max_send_message_length", 64 * 1024 * 1024)]
+    # The services' own ports (Envoy's rate limits would throttle a benchmark), with mutual
+    # TLS as the operator, the public API's client identity.
+    identity = workload_identity(settings, "operator")
+
+    def channel(address: str, service: str, *extra: tuple[str, int]) -> grpc.aio.Channel:
+        override = ("grpc.ssl_target_name_override", target_name(service))
+        return grpc.aio.secure_channel(
+            address, identity.channel_credentials(), options=[override, *extra]
+        )
+
     async with (
-        grpc.aio.insecure_channel(settings.projects_addr) as projects_channel,
-        grpc.aio.insecure_channel(settings.ingest_addr, options=options) as ingest_channel,
-        grpc.aio.insecure_channel(settings.ingest_addr) as health_channel,
+        channel(settings.projects_addr, "projects") as projects_channel,
+        channel(settings.ingest_addr, "ingest", *options) as ingest_channel,
+        channel(settings.ingest_addr, "ingest") as health_channel,
     ):
         projects = projects_pb2_grpc.ProjectServiceStub(projects_channel)
         ingest = ingest_pb2_grpc.IngestServiceStub(ingest_channel)
