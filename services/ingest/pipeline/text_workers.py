@@ -2,17 +2,17 @@
 
 Extraction, normalization, chunking (with its tokenizer pass), keyword terms and facts hold
 the GIL for as long as they run: CPython's regex engine, `unicodedata.normalize` and the
-tokenizer's `encode` are single calls that never release it (the tokenizer held it for many
-seconds on a 10 MB text), and pypdf and trafilatura are pure Python. Run on a thread of the
-serving process, a large or adversarial document made every RPC on it wait, health checks and
-lease heartbeats included. Here they run in a process pool made once per process and shared by
-every request and job; the serving process only pickles the text over and back.
+tokenizer's `encode` are single calls that never release it, and pypdf and trafilatura are
+pure Python. Run on a thread of the serving process, a large or adversarial document made
+every RPC on it wait, health checks and lease heartbeats included. Here they run in worker
+processes made once per process (`text_workers()`) and shared by every request and job; the
+serving process only pickles the text over and compact results back.
 
 Every step is also linear in its input (see each module), so a worker is never held for long.
 
-In a forked child of the process that made the pool (an RQ work horse: one short-lived process
-per job, which serves no RPCs) the steps run on a thread instead; the pool does not survive a
-fork and spawning one per job would cost more than it saves. Never logs text.
+In a forked child (an RQ work horse: one short-lived process per job, which serves no RPCs)
+the steps run on a thread instead: worker processes do not survive a fork, and spawning them
+per job would cost more than it saves. Never logs text.
 """
 
 from __future__ import annotations
