@@ -16,6 +16,13 @@ PROTO_FILES := $(wildcard protos/contextcache/v1/*.proto) $(wildcard protos/cont
 RLS_PROTO_FILES := $(wildcard protos/envoy_rls/*.proto)
 VALIDATE_DESC := build/protovalidate.binpb
 IMAGE := build/contextcache.binpb
+# googleapis' .proto files (google/api/annotations.proto, http.proto, google/rpc/*.proto) as
+# shipped by the installed googleapis-common-protos; evaluated only when a recipe runs.
+GOOGLEAPIS = $(shell $(PY) -c 'import pathlib, google.api.annotations_pb2 as m; print(pathlib.Path(m.__file__).parents[2])')
+# What Envoy's gRPC-JSON transcoder reads: the public services with their google.api.http
+# rules, and the google.rpc error details it turns into JSON (envoy/envoy.yaml).
+GATEWAY_DESC := build/gateway.binpb
+PUBLIC_PROTO_FILES := $(wildcard protos/contextcache/v1/*.proto)
 # The web console (web/): npm dependencies locked by web/package-lock.json; TypeScript
 # clients generated from the public protos into web/src/gen; the built app in web/dist.
 WEB := web
@@ -55,12 +62,14 @@ $(GEN)/.stamp: $(PROTO_FILES) $(RLS_PROTO_FILES) $(VALIDATE_DESC)
 	rm -rf $(GEN) && mkdir -p $(GEN)
 	$(PY) -m grpc_tools.protoc --descriptor_set_in=$(VALIDATE_DESC) --python_out=$(GEN) --pyi_out=$(GEN) \
 	  buf/validate/validate.proto
-	$(PY) -m grpc_tools.protoc --descriptor_set_in=$(VALIDATE_DESC) -Iprotos \
+	$(PY) -m grpc_tools.protoc --descriptor_set_in=$(VALIDATE_DESC) -Iprotos -I$(GOOGLEAPIS) \
 	  --python_out=$(GEN) --pyi_out=$(GEN) --grpc_python_out=$(GEN) $(PROTO_FILES:protos/%=%)
 	$(PY) -m grpc_tools.protoc -Iprotos \
 	  --python_out=$(GEN) --pyi_out=$(GEN) --grpc_python_out=$(GEN) $(RLS_PROTO_FILES:protos/%=%)
-	$(PY) -m grpc_tools.protoc --descriptor_set_in=$(VALIDATE_DESC) -Iprotos \
+	$(PY) -m grpc_tools.protoc --descriptor_set_in=$(VALIDATE_DESC) -Iprotos -I$(GOOGLEAPIS) \
 	  --include_imports --include_source_info -o $(IMAGE) $(PROTO_FILES:protos/%=%)
+	$(PY) -m grpc_tools.protoc --descriptor_set_in=$(VALIDATE_DESC) -Iprotos -I$(GOOGLEAPIS) \
+	  --include_imports -o $(GATEWAY_DESC) $(PUBLIC_PROTO_FILES:protos/%=%) google/rpc/error_details.proto
 	touch $@
 
 .PHONY: protos
