@@ -75,6 +75,13 @@ $(GEN)/.stamp: $(PROTO_FILES) $(RLS_PROTO_FILES) $(VALIDATE_DESC)
 .PHONY: protos
 protos: $(GEN)/.stamp ## Generate Python messages, .pyi stubs and gRPC stubs into gen/
 
+# The OpenAPI document of the JSON API, committed (tests/unit/test_openapi.py fails while stale).
+docs/openapi.yaml: $(GEN)/.stamp tools/openapi.py
+	$(PY) tools/openapi.py $(IMAGE) > $@
+
+.PHONY: openapi
+openapi: docs/openapi.yaml ## Regenerate docs/openapi.yaml (JSON over HTTP) from the protos
+
 $(WEB)/node_modules/.installed: $(WEB)/package.json $(WEB)/package-lock.json
 	@command -v $(NPM) >/dev/null || { echo "The web console needs Node.js 20+ and npm (e.g. apt-get install nodejs npm)" >&2; exit 1; }
 	cd $(WEB) && $(NPM) ci --no-audit --no-fund --loglevel=error
