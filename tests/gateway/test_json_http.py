@@ -12,12 +12,15 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 from google.api import annotations_pb2
+from openapi_schema_validator import OAS30Validator, oas30_format_checker
 
 from examples.demo import demo_environment
 from runtime.config import Settings
@@ -27,7 +30,9 @@ from tests.command_line.conftest import PASSPHRASE, UNLOCKS_PER_MINUTE, raised_r
 
 pytestmark = pytest.mark.envoy
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "documents"
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = REPO / "examples" / "documents"
+OPENAPI = yaml.safe_load((REPO / "docs" / "openapi.yaml").read_text(encoding="utf-8"))
 # gRPC methods this module called over JSON, by "Service/Method".
 CALLED: set[str] = set()
 
@@ -67,22 +72,43 @@ def stack(tmp_path_factory) -> Iterator[Settings]:
         assert dead is None, f"{dead.name} died during the tests; see {work / 'stack.log'}"
 
 
+def assert_documented(method: str, status: int, body) -> None:
+    """`body` is what docs/openapi.yaml says `method` answers with `status`."""
+    verb, path = http_rules()[method]
+    responses = OPENAPI["paths"][path][verb]["responses"]
+    schema = responses["200" if status == 200 else "default"]["content"]["application/json"]
+    validator = OAS30Validator(
+        {**schema["schema"], "components": OPENAPI["components"]},
+        format_checker=oas30_format_checker,
+    )
+    validator.validate(body)
+
+
 class Api:
-    """An HTTP/1.1 JSON client of the gateway that records which method each call reached."""
+    """An HTTP/1.1 JSON client of the gateway that records which method each call reached
+    and checks every answer against the OpenAPI document."""
 
     def __init__(self, base_url: str, source: str = "127.0.0.1") -> None:
         transport = httpx.HTTPTransport(local_address=source)
         self.client = httpx.Client(base_url=base_url, transport=transport, timeout=60)
 
     def call(self, method: str, verb: str, path: str, **kwargs) -> httpx.Response:
+        # UNAVAILABLE (503) is the gateway failing fast while a busy service misses its
+        # health checks (2 shared cores): retried, as a client should, for a bounded time.
+        deadline = time.monotonic() + 60
         response = self.client.request(verb, path, **kwargs)
+        while response.status_code == 503 and time.monotonic() < deadline:
+            time.sleep(1)
+            response = self.client.request(verb, path, **kwargs)
         CALLED.add(method)
+        content_type = response.headers.get("content-type", "")
+        assert content_type.startswith("application/json"), (response, response.text[:300])
+        assert_documented(method, response.status_code, response.json())
         return response
 
     def ok(self, method: str, verb: str, path: str, **kwargs) -> dict:
         response = self.call(method, verb, path, **kwargs)
         assert response.status_code == 200, (path, response.status_code, response.text)
-        assert response.headers["content-type"].startswith("application/json")
         return response.json()
 
 
@@ -242,6 +268,30 @@ def test_ingest_text_and_file_then_query(api, project):
     assert gone.json()["code"] == 5
 
 
+def test_watch_streams_a_background_document_until_it_is_terminal(api, project):
+    pid, headers = project["id"], {"x-unlock-token": project["token"]}
+    queued = api.ok(
+        "IngestService/IngestDocument",
+        "POST",
+        f"/v1/projects/{pid}/documents",
+        headers=headers,
+        json={
+            "background": True,
+            "text": {"title": "Queued", "body": "A background job, watched over HTTP."},
+        },
+    )["document"]
+    assert queued["status"] == "DOCUMENT_STATUS_QUEUED"
+    stream = api.ok(
+        "IngestService/WatchDocument",
+        "GET",
+        f"/v1/projects/{pid}/documents/{queued['id']}:watch",
+        headers=headers,
+    )
+    statuses = [message["document"]["status"] for message in stream]
+    assert statuses[-1] == "DOCUMENT_STATUS_COMPLETED", statuses
+    assert all(s != "DOCUMENT_STATUS_FAILED" for s in statuses)
+
+
 def test_audit_chain(api, project):
     pid, headers = project["id"], {"x-unlock-token": project["token"]}
     events = api.ok(
@@ -321,6 +371,7 @@ def test_bad_input_is_a_400_naming_the_field(api):
     response = api.client.post("/v1/projects", json={"name": "x" * 201, "passphrase": "too short"})
     assert response.status_code == 400, response.text
     body = response.json()
+    assert_documented("ProjectService/CreateProject", 400, body)
     assert body["code"] == 3  # INVALID_ARGUMENT
     (details,) = [d for d in body["details"] if d["@type"].endswith("google.rpc.BadRequest")]
     violations = {v["field"]: v["description"] for v in details["fieldViolations"]}
@@ -341,8 +392,12 @@ def test_malformed_json_and_unknown_fields_are_refused_by_the_gateway(api):
             "/v1/projects", content=body, headers={"content-type": "application/json"}
         )
         assert response.status_code == 400, response.text
+        # The gateway's own refusal is JSON too, shaped like the services' errors.
+        assert response.json()["code"] == 3, response.text  # INVALID_ARGUMENT
+        assert response.json()["message"]
     unknown_parameter = api.client.get("/v1/projects", params={"colour": "red"})
     assert unknown_parameter.status_code == 400
+    assert unknown_parameter.json()["code"] == 3
 
 
 def test_content_needs_the_unlock_token_header(api, project):
@@ -369,7 +424,11 @@ def test_content_needs_the_unlock_token_header(api, project):
 def test_unknown_and_internal_paths_reach_no_service(api, verb, path):
     response = api.client.request(verb, path, json={})
     assert response.status_code == 403, response.text
-    assert response.text.startswith("Not a public ContextCache RPC")
+    if path.startswith("/v1/"):  # the JSON API's namespace: a JSON error
+        assert response.json()["code"] == 7  # PERMISSION_DENIED
+        assert response.json()["message"].startswith("Not a public ContextCache RPC")
+    else:
+        assert response.text.startswith("Not a public ContextCache RPC")
     assert "x-envoy-upstream-service-time" not in response.headers
 
 
@@ -397,6 +456,7 @@ def test_over_the_unlock_limit_is_a_429_saying_when_to_retry(stack, project):
         assert response.json()["code"] == 8  # RESOURCE_EXHAUSTED
         assert response.headers["x-ratelimit-remaining"] == "0"
         assert 0 < int(response.headers["x-ratelimit-reset"]) <= 60
+        assert response.headers["retry-after"] == response.headers["x-ratelimit-reset"]
     finally:
         api.client.close()
 
