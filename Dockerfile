@@ -20,16 +20,18 @@ RUN apt-get update \
 
 WORKDIR /app
 RUN python -m venv /app/.venv
-# CPU torch first, from PyTorch's CPU index: otherwise a dependency pulls the CUDA build.
-RUN pip install --upgrade pip \
-    && pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
+# The runtime lock only (development tools are in requirements-dev.txt, never here), every
+# file checked against its hash. torch is the lock's CPU build, from PyTorch's CPU index.
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 COPY requirements.txt ./
-RUN pip install -r requirements.txt
+RUN pip install --upgrade pip \
+    && pip install --require-hashes --extra-index-url "$TORCH_INDEX" -r requirements.txt
 
 COPY . .
 # Already-installed requirements are kept; this writes the .pth and generates the protos.
 # The console is built in the Node stage below: no Node.js in the runtime image.
-RUN make install PYTHON=/usr/local/bin/python3 INSTALL_CONSOLE=no
+RUN make install PYTHON=/usr/local/bin/python3 INSTALL_CONSOLE=no INSTALL_DEV=no \
+    TORCH_INDEX="$TORCH_INDEX"
 
 # The web console: TypeScript clients generated from the public protos (the descriptor set
 # and buf come from the stage above), bundled into static files.
@@ -46,5 +48,6 @@ FROM app
 # Served by `python -m runtime.console` (k8s/console.yaml).
 COPY --from=console /src/web/dist /app/web/dist
 USER 10001:10001
-EXPOSE 50051 50052 50053 50054 8081 3000
+# gRPC (mutual TLS), the console, and Prometheus metrics (METRICS_PORT defaults).
+EXPOSE 50051 50052 50053 50054 8081 3000 9101-9106
 CMD ["python", "-m", "services.projects"]

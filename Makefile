@@ -34,15 +34,37 @@ WEB_SOURCES := $(shell find $(WEB)/src -type f -not -path '$(WEB)/src/gen/*' 2>/
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: requirements.txt
+# Two locks, compiled with hashes from their inputs by `make lock`: requirements.txt (what the
+# services need; the image installs only this) and requirements-dev.txt (test and development
+# tools). Every file pip installs is checked against its hash.
+# torch is the CPU build (torch==2.13.0+cpu in the lock; PyPI's 2.13.0 is the multi-GB CUDA
+# build): pip takes it from a local wheel directory (PIP_FIND_LINKS) or from TORCH_INDEX, e.g.
+# PyTorch's CPU index (the Dockerfile sets it).
+TORCH_INDEX ?=
+INSTALL_DEV ?= yes
+PIP_INSTALL_LOCKED = $(PIP) install -q --require-hashes $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	# torch first, the CPU build; otherwise a dependency pulls a multi-GB CUDA build.
-	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -r requirements.txt
+	$(PIP_INSTALL_LOCKED) -r requirements.txt
+	$(if $(filter yes,$(INSTALL_DEV)),$(PIP_INSTALL_LOCKED) -r requirements-dev.txt)
 	# The repository and the generated code are importable from the virtualenv.
 	printf '%s\n%s\n' "$(CURDIR)" "$(CURDIR)/$(GEN)" > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/contextcache.pth"
+	# The query embedder's ONNX graph, exported from the packaged weights (offline), checked
+	# against torch's vectors, into the virtualenv.
+	$(PY) tools/export_onnx.py --force
 	touch $@
+
+PIP_COMPILE = $(VENV)/bin/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras \
+  --no-emit-index-url --no-emit-find-links
+
+.PHONY: lock
+lock: ## Re-lock requirements.txt and requirements-dev.txt from their .in files (keeps other pins)
+	@test -x $(VENV)/bin/pip-compile || { echo "pip-compile missing: run make install" >&2; exit 1; }
+	$(PIP_COMPILE) --output-file=requirements.txt requirements.in
+	$(PIP_COMPILE) --output-file=requirements-dev.txt requirements-dev.in
+	$(PY) tools/locks.py stamp
 
 # The `contextcache` command (console script of pyproject.toml), for this checkout.
 $(VENV)/bin/contextcache: pyproject.toml $(VENV)/.installed
@@ -53,7 +75,7 @@ $(VENV)/bin/contextcache: pyproject.toml $(VENV)/.installed
 INSTALL_CONSOLE ?= yes
 
 .PHONY: install
-install: $(VENV)/.installed $(VENV)/bin/contextcache protos $(if $(filter yes,$(INSTALL_CONSOLE)),console) ## Create the virtualenv with pinned dependencies, the `contextcache` command, the protos and the web console
+install: $(VENV)/.installed $(VENV)/bin/contextcache protos $(if $(filter yes,$(INSTALL_CONSOLE)),console) ## Create the virtualenv from both locks (hashes checked), the `contextcache` command, the protos and the web console
 
 $(VALIDATE_DESC): $(VENV)/.installed tools/protovalidate_descriptor.py
 	$(PY) tools/protovalidate_descriptor.py $@

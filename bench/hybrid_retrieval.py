@@ -1,19 +1,23 @@
-"""Retrieval quality of dense, keyword and hybrid search on the PostgreSQL manual.
+"""Retrieval quality of dense, keyword and hybrid search on three public corpora.
 
-    .venv/bin/python bench/hybrid_retrieval.py [--rounds 3] [--misses] [--json out.json]
+    .venv/bin/python bench/hybrid_retrieval.py [--set NAME ...] [--rounds 1] [--misses]
+                                               [--json out.json] [--dump DIR]
 
 Starts the four services in this process on the embedded default (SQLite files and the
 embedded Qdrant Edge index in a temporary directory, no Redis, so no query is served from a
-cache), creates a project, ingests the pages listed in bench/hybrid_retrieval_questions.json from
-Debian's postgresql-doc-15 through IngestService.IngestDocument, then asks every question in
-each mode through QueryService.Query over gRPC (top_k 5).
+cache). For each question set of bench/retrieval_sets (a technical manual, man pages, prose;
+see its README-like docstring) it creates a project, ingests the set's documents through
+IngestService.IngestDocument, then asks every question in each mode through QueryService.Query
+over gRPC (top_k 5).
 
 A question is answered when its answer string (whitespace-insensitive) appears in a returned
-passage. Printed per mode: hit@1, hit@5, MRR@5 (overall and per question kind), and the query
-latency seen by the client (p50/p99 over `--rounds` passes over the questions).
+passage. Printed per set, mode and half (held-back, tuning): hit@1, hit@5, MRR@5 and hit@5 per
+question kind; then the query latency seen by the client (p50/p99 over `--rounds` passes).
+`--dump DIR` also writes each question's raw dense and keyword rankings (top 50 chunks, as
+hybrid fuses them) to DIR/<set>.json, for tools/fusion_tuning.py.
 
 Hybrid weights come from HYBRID_DENSE_WEIGHT / HYBRID_KEYWORD_WEIGHT, as in the service.
-Exit codes: 0 done, 2 the manual is not installed or the question set is inconsistent.
+Exit codes: 0 done, 2 a corpus is not installed or a question set is inconsistent.
 """
 
 from __future__ import annotations
@@ -31,8 +35,17 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(REPO_ROOT / "bench"))
 
 import grpc  # noqa: E402
+from retrieval_sets import (  # noqa: E402
+    SET_NAMES,
+    MissingCorpus,
+    Question,
+    QuestionSet,
+    load_set,
+    squeeze,
+)
 
 from contextcache.v1 import (  # noqa: E402
     ingest_pb2,
@@ -42,30 +55,23 @@ from contextcache.v1 import (  # noqa: E402
     query_pb2,
     query_pb2_grpc,
 )
+from retrieval.sealing import associated_data  # noqa: E402
 from runtime.config import Settings  # noqa: E402
 from runtime.ports import free_port  # noqa: E402
 from runtime.server import Server  # noqa: E402
-from services.ingest.pipeline.extract import extract_html  # noqa: E402
-from services.ingest.pipeline.normalize import normalize_text  # noqa: E402
+from runtime.tls import workload_identity  # noqa: E402
+from services.query.index import SearchFilter  # noqa: E402
 
-MANUAL = Path("/usr/share/doc/postgresql-doc-15/html")
-QUESTIONS = Path(__file__).with_name("hybrid_retrieval_questions.json")
 MODES = {
     "dense": query_pb2.RETRIEVAL_MODE_DENSE,
     "keyword": query_pb2.RETRIEVAL_MODE_KEYWORD,
     "hybrid": query_pb2.RETRIEVAL_MODE_HYBRID,
 }
 TOP_K = 5
+# Depth of the raw rankings written by --dump (what hybrid fuses for top_k 5).
+DUMP_DEPTH = 50
 PASSPHRASE = "retrieval benchmark passphrase, not a secret"
 SERVICES = ("crypto", "query", "ingest", "projects")
-
-
-@dataclass(frozen=True, slots=True)
-class Question:
-    page: str
-    kind: str
-    question: str
-    answer: str
 
 
 @dataclass
@@ -75,49 +81,21 @@ class ModeResult:
     embed_ms: list[float] = field(default_factory=list)  # server: embed and/or hash terms
     search_ms: list[float] = field(default_factory=list)  # server: index search (and fusion)
 
-    def hit_at(self, k: int, only: list[bool] | None = None) -> float:
+    def hit_at(self, k: int, only: list[bool]) -> float:
         ranks = self._select(only)
-        return sum(1 for r in ranks if r is not None and r <= k) / len(ranks)
+        return sum(1 for r in ranks if r is not None and r <= k) / max(1, len(ranks))
 
-    def mrr(self, only: list[bool] | None = None) -> float:
+    def mrr(self, only: list[bool]) -> float:
         ranks = self._select(only)
-        return sum(1 / r for r in ranks if r is not None and r <= TOP_K) / len(ranks)
+        return sum(1 / r for r in ranks if r is not None and r <= TOP_K) / max(1, len(ranks))
 
-    def _select(self, only: list[bool] | None) -> list[int | None]:
-        if only is None:
-            return self.ranks
+    def _select(self, only: list[bool]) -> list[int | None]:
         return [r for r, keep in zip(self.ranks, only, strict=True) if keep]
-
-
-def squeeze(text: str) -> str:
-    return " ".join(text.split())
 
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
-
-
-def load_evaluation() -> tuple[list[str], list[Question], dict[str, tuple[str, str]]]:
-    """The pages (title, normalized text) and questions; checks each answer is on its page."""
-    spec = json.loads(QUESTIONS.read_text())
-    pages: list[str] = spec["pages"]
-    questions = [Question(**q) for q in spec["questions"]]
-    texts: dict[str, tuple[str, str]] = {}
-    for page in pages:
-        extracted = extract_html((MANUAL / page).read_bytes())
-        texts[page] = (extracted.title or page, normalize_text(extracted.text))
-    problems = [
-        f"{q.page}: answer {q.answer!r} is not on the page"
-        for q in questions
-        if q.page not in texts or squeeze(q.answer) not in squeeze(texts[q.page][1])
-    ]
-    if len(pages) != len(set(pages)):
-        problems.append("a page is listed twice")
-    if problems:
-        print("Inconsistent question set:\n  " + "\n  ".join(problems), file=sys.stderr)
-        raise SystemExit(2)
-    return pages, questions, texts
 
 
 async def start_stack(data_dir: Path) -> tuple[dict[str, Server], dict[str, grpc.aio.Channel]]:
@@ -141,10 +119,12 @@ async def start_stack(data_dir: Path) -> tuple[dict[str, Server], dict[str, grpc
     apps = {"crypto": CryptoApp, "query": QueryApp, "ingest": IngestApp, "projects": ProjectsApp}
     servers: dict[str, Server] = {}
     channels: dict[str, grpc.aio.Channel] = {}
+    # Mutual TLS, as the operator workload (the development CA issues its certificate).
+    credentials = workload_identity(settings, "operator").channel_credentials()
     for name in SERVICES:
         servers[name] = Server(apps[name](settings))
         await servers[name].start(host="127.0.0.1", port=ports[name])
-        channels[name] = grpc.aio.insecure_channel(f"127.0.0.1:{ports[name]}")
+        channels[name] = grpc.aio.secure_channel(f"127.0.0.1:{ports[name]}", credentials)
     return servers, channels
 
 
@@ -156,13 +136,14 @@ async def stop_stack(servers: dict[str, Server], channels: dict[str, grpc.aio.Ch
             await servers[name].stop(grace=1.0)
 
 
-async def ingest_pages(
-    channels: dict[str, grpc.aio.Channel], pages: list[str], texts: dict[str, tuple[str, str]]
-) -> tuple[str, tuple[tuple[str, str], ...], int]:
+async def ingest_set(
+    channels: dict[str, grpc.aio.Channel], qset: QuestionSet
+) -> tuple[str, str, int]:
+    """A new project holding the set's documents: (project id, unlock token, chunks)."""
     projects = projects_pb2_grpc.ProjectServiceStub(channels["projects"])
     ingest = ingest_pb2_grpc.IngestServiceStub(channels["ingest"])
     created = await projects.CreateProject(
-        projects_pb2.CreateProjectRequest(name="postgresql-manual", passphrase=PASSPHRASE)
+        projects_pb2.CreateProjectRequest(name=f"bench-{qset.name}", passphrase=PASSPHRASE)
     )
     project_id = created.project.id
     unlocked = await projects.UnlockProject(
@@ -170,26 +151,30 @@ async def ingest_pages(
     )
     metadata = (("x-unlock-token", unlocked.unlock_token),)
     chunks = 0
-    for page in pages:
-        title, body = texts[page]
+    for title, body in qset.documents.values():
         response = await ingest.IngestDocument(
             ingest_pb2.IngestDocumentRequest(
                 project_id=project_id, text=ingest_pb2.TextSource(title=title, body=body)
             ),
             metadata=metadata,
-            timeout=600,
+            timeout=900,
         )
         document = response.document
         if document.status != ingest_pb2.DOCUMENT_STATUS_COMPLETED:
-            raise RuntimeError(f"{page} was not ingested: {document.error}")
+            raise RuntimeError(f"{title} was not ingested: {document.error}")
         chunks += document.chunk_count
-    return project_id, metadata, chunks
+    return project_id, unlocked.unlock_token, chunks
+
+
+def answer_rank(answer: str, texts: list[str]) -> int | None:
+    wanted = squeeze(answer)
+    return next((i for i, text in enumerate(texts, 1) if wanted in squeeze(text)), None)
 
 
 async def ask(
     query: query_pb2_grpc.QueryServiceStub,
     project_id: str,
-    metadata: tuple[tuple[str, str], ...],
+    token: str,
     question: Question,
     mode: int,
 ) -> tuple[int | None, float, query_pb2.QueryResponse]:
@@ -198,143 +183,244 @@ async def ask(
         query_pb2.QueryRequest(
             project_id=project_id, query=question.question, top_k=TOP_K, mode=mode
         ),
-        metadata=metadata,
+        metadata=(("x-unlock-token", token),),
         timeout=60,
     )
     elapsed_ms = (time.perf_counter() - started) * 1000
     if response.mode != mode:
         raise RuntimeError(f"asked for mode {mode}, the service used {response.mode}")
-    wanted = squeeze(question.answer)
-    rank = next((i for i, p in enumerate(response.passages, 1) if wanted in squeeze(p.text)), None)
+    rank = answer_rank(question.answer, [p.text for p in response.passages])
     return rank, elapsed_ms, response
 
 
-async def run(
-    pages: list[str],
-    questions: list[Question],
-    texts: dict[str, tuple[str, str]],
+async def raw_rankings(
+    server: Server, project_id: str, token: str, question: Question
+) -> dict[str, list[dict]]:
+    """The question's dense and keyword rankings straight from the index (top DUMP_DEPTH),
+    each chunk with its place in its document and whether it holds the answer."""
+    from retrieval.cipher import ContentCipher
+    from retrieval.terms import term_frequencies
+
+    app = server.app
+    cipher = ContentCipher(app.crypto, project_id, token)
+    where = SearchFilter.project(project_id)
+    vector = app.embedder.embed([question.question])[0]
+    frequencies = term_frequencies(question.question)
+    ids = await cipher.hash_terms(list(frequencies)) if frequencies else {}
+    merged: dict[int, float] = {}
+    for term, count in frequencies.items():
+        merged[ids[term]] = merged.get(ids[term], 0.0) + count
+    ordered = sorted(merged)
+    rankings = {
+        "dense": await app.index.search_dense(vector, where, DUMP_DEPTH),
+        "keyword": await app.index.search_sparse(
+            ordered, [merged[i] for i in ordered], where, DUMP_DEPTH
+        )
+        if ordered
+        else [],
+    }
+    out: dict[str, list[dict]] = {}
+    wanted = squeeze(question.answer)
+    for name, hits in rankings.items():
+        texts = (
+            await cipher.decrypt(
+                [
+                    (
+                        h.encrypted_text,
+                        associated_data("chunk", project_id, h.document_id, h.chunk_index),
+                    )
+                    for h in hits
+                ]
+            )
+            if hits
+            else []
+        )
+        out[name] = [
+            {
+                "chunk_id": h.chunk_id,
+                "document_id": h.document_id,
+                "chunk_index": h.chunk_index,
+                "start": h.start_offset,
+                "end": h.end_offset,
+                "score": h.score,
+                "answer": wanted in squeeze(text.decode()),
+            }
+            for h, text in zip(hits, texts, strict=True)
+        ]
+    return out
+
+
+async def evaluate_set(
+    servers: dict[str, Server],
+    channels: dict[str, grpc.aio.Channel],
+    qset: QuestionSet,
     rounds: int,
     show_misses: bool,
+    dump: Path | None,
 ) -> dict:
-    kinds = sorted({q.kind for q in questions})
-    with tempfile.TemporaryDirectory(prefix="cc-retrieval-") as tmp:
-        servers, channels = await start_stack(Path(tmp))
-        try:
-            started = time.perf_counter()
-            project_id, metadata, chunks = await ingest_pages(channels, pages, texts)
-            ingest_s = time.perf_counter() - started
-            print(
-                f"Ingested {len(pages)} pages of the PostgreSQL 15 manual: {chunks} chunks "
-                f"in {ingest_s:.1f} s. {len(questions)} questions "
-                f"({', '.join(f'{sum(q.kind == k for q in questions)} {k}' for k in kinds)}), "
-                f"top_k={TOP_K}, {rounds} latency round(s)."
-            )
-            index = servers["query"].app.index
-            if hasattr(index, "optimize"):
-                await index.optimize()  # build the HNSW graphs now, not during measurement
-            query = query_pb2_grpc.QueryServiceStub(channels["query"])
-            results = {name: ModeResult() for name in MODES}
-            misses: dict[str, list[tuple[Question, list[str]]]] = {name: [] for name in MODES}
-            for round_number in range(rounds):
-                # Modes interleaved per question, so drift in machine load hits all alike.
-                for question in questions:
-                    for name, mode in MODES.items():
-                        rank, ms, response = await ask(query, project_id, metadata, question, mode)
-                        results[name].latencies_ms.append(ms)
-                        results[name].embed_ms.append(response.timings.embed_ms)
-                        results[name].search_ms.append(response.timings.search_ms)
+    started = time.perf_counter()
+    project_id, token, chunks = await ingest_set(channels, qset)
+    ingest_s = time.perf_counter() - started
+    index = servers["query"].app.index
+    if hasattr(index, "optimize"):
+        await index.optimize()  # build the HNSW graphs now, not during measurement
+    kinds = sorted({q.kind for q in qset.questions})
+    print(
+        f"\n== {qset.name} ({qset.kind}): {len(qset.documents)} documents, {chunks} chunks, "
+        f"ingested in {ingest_s:.0f} s. {len(qset.questions)} questions "
+        f"({', '.join(f'{sum(q.kind == k for q in qset.questions)} {k}' for k in kinds)}), "
+        f"{sum(q.held_back for q in qset.questions)} held back. Source: {qset.source}."
+    )
+    query = query_pb2_grpc.QueryServiceStub(channels["query"])
+    results = {name: ModeResult() for name in MODES}
+    misses: dict[str, list[tuple[Question, list[str]]]] = {name: [] for name in MODES}
+    for round_number in range(rounds):
+        # Modes interleaved per question, so drift in machine load hits all alike.
+        for question in qset.questions:
+            for name, mode in MODES.items():
+                rank, ms, response = await ask(query, project_id, token, question, mode)
+                results[name].latencies_ms.append(ms)
+                results[name].embed_ms.append(response.timings.embed_ms)
+                results[name].search_ms.append(response.timings.search_ms)
+                if round_number == 0:
+                    results[name].ranks.append(rank)
+                    if rank is None:
                         titles = [p.document_title for p in response.passages]
-                        if round_number == 0:
-                            results[name].ranks.append(rank)
-                            if rank is None:
-                                misses[name].append((question, titles))
-        finally:
-            await stop_stack(servers, channels)
-
-    print_table(results, questions, kinds)
+                        misses[name].append((question, titles))
+    if dump is not None:
+        rows = [
+            {
+                "question": q.question,
+                "kind": q.kind,
+                "held_back": q.held_back,
+                **await raw_rankings(servers["query"], project_id, token, q),
+            }
+            for q in qset.questions
+        ]
+        await asyncio.to_thread((dump / f"{qset.name}.json").write_text, json.dumps(rows) + "\n")
+    figures = summary(results, qset.questions, kinds)
+    print_table(figures, kinds)
     if show_misses:
         for name in MODES:
             print(f"\nMissed in {name} mode (top {TOP_K} titles):")
             for question, titles in misses[name]:
-                print(f"  [{question.kind}] {question.question!r} ({question.page}) -> {titles}")
-    return summary(results, questions, kinds)
+                half = "held" if question.held_back else "tune"
+                print(
+                    f"  [{half} {question.kind}] {question.question!r} ({question.document})"
+                    f" -> {titles}"
+                )
+    return figures
+
+
+HALVES = {"held-back": True, "tuning": False}
 
 
 def summary(results: dict[str, ModeResult], questions: list[Question], kinds: list[str]) -> dict:
-    out = {}
-    for name, result in results.items():
-        out[name] = {
-            "hit@1": result.hit_at(1),
-            "hit@5": result.hit_at(5),
-            "mrr@5": result.mrr(),
+    out: dict = {}
+    for half, held in HALVES.items():
+        out[half] = {}
+        for name, result in results.items():
+            only = [q.held_back == held for q in questions]
+            out[half][name] = {
+                "questions": sum(only),
+                "hit@1": result.hit_at(1, only),
+                "hit@5": result.hit_at(5, only),
+                "mrr@5": result.mrr(only),
+                "by_kind": {
+                    kind: result.hit_at(
+                        5, [o and q.kind == kind for o, q in zip(only, questions, strict=True)]
+                    )
+                    for kind in kinds
+                },
+            }
+    out["latency"] = {
+        name: {
             "p50_ms": percentile(result.latencies_ms, 0.50),
             "p99_ms": percentile(result.latencies_ms, 0.99),
             "server_embed_p50_ms": percentile(result.embed_ms, 0.50),
             "server_search_p50_ms": percentile(result.search_ms, 0.50),
-            "by_kind": {
-                kind: {
-                    "hit@5": result.hit_at(5, [q.kind == kind for q in questions]),
-                    "mrr@5": result.mrr([q.kind == kind for q in questions]),
-                }
-                for kind in kinds
-            },
         }
+        for name, result in results.items()
+    }
     return out
 
 
-def print_table(results: dict[str, ModeResult], questions: list[Question], kinds: list[str]):
-    figures = summary(results, questions, kinds)
-    kind_columns = [f"{kind} hit@5" for kind in kinds]
-    header = [
-        "mode", "hit@1", "hit@5", "MRR@5", *kind_columns,
-        "p50 ms", "p99 ms", "embed p50", "search p50",
-    ]  # fmt: skip
+def print_table(figures: dict, kinds: list[str]) -> None:
+    header = ["half", "mode", "hit@1", "hit@5", "MRR@5", *(f"{k} hit@5" for k in kinds)]
     rows = []
-    for name, f in figures.items():
-        rows.append(
+    for half in HALVES:
+        for name, f in figures[half].items():
+            rows.append(
+                [
+                    f"{half} ({f['questions']})",
+                    name,
+                    f"{f['hit@1']:.3f}",
+                    f"{f['hit@5']:.3f}",
+                    f"{f['mrr@5']:.3f}",
+                    *(f"{f['by_kind'][kind]:.3f}" for kind in kinds),
+                ]
+            )
+    latency = [["mode", "p50 ms", "p99 ms", "embed p50", "search p50"]]
+    for name, f in figures["latency"].items():
+        latency.append(
             [
                 name,
-                f"{f['hit@1']:.3f}",
-                f"{f['hit@5']:.3f}",
-                f"{f['mrr@5']:.3f}",
-                *(f"{f['by_kind'][kind]['hit@5']:.3f}" for kind in kinds),
-                f"{f['p50_ms']:.1f}",
-                f"{f['p99_ms']:.1f}",
-                f"{f['server_embed_p50_ms']:.1f}",
-                f"{f['server_search_p50_ms']:.1f}",
+                *(
+                    f"{f[key]:.1f}"
+                    for key in ("p50_ms", "p99_ms", "server_embed_p50_ms", "server_search_p50_ms")
+                ),
             ]
         )
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    print()
-    for row in [header, *rows]:
-        cells = zip(row, widths, strict=True)
-        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(cells)))
+    for table in (rows and [header, *rows], latency):
+        widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+        print()
+        for row in table:
+            cells = zip(row, widths, strict=True)
+            print("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(cells)))
+    held = figures["held-back"]
+    best = max(held["dense"]["hit@5"], held["keyword"]["hit@5"])
+    best_1 = max(held["dense"]["hit@1"], held["keyword"]["hit@1"])
+    n = held["hybrid"]["questions"]
+    gain = (held["hybrid"]["hit@5"] - best) * 100
     print(
-        "(p50/p99: client-side query latency; embed/search p50: the server's own timings of "
-        "embedding + term hashing and of the index search)"
+        f"\nheld-back: hybrid hit@5 {gain:+.1f} points against the better single mode "
+        f"(target >= +2; one question is {100 / n:.1f} points); hybrid hit@1 "
+        f"{'>=' if held['hybrid']['hit@1'] >= best_1 else '<'} the better single mode's."
     )
-    best_single = max(figures["dense"]["hit@5"], figures["keyword"]["hit@5"])
-    verdict = "beats" if figures["hybrid"]["hit@5"] > best_single else "does NOT beat"
-    print(f"\nhybrid {verdict} both single modes on hit@5.")
+
+
+async def run(sets: list[QuestionSet], rounds: int, show_misses: bool, dump: Path | None) -> dict:
+    figures = {}
+    with tempfile.TemporaryDirectory(prefix="cc-retrieval-") as tmp:
+        servers, channels = await start_stack(Path(tmp))
+        try:
+            for qset in sets:
+                figures[qset.name] = await evaluate_set(
+                    servers, channels, qset, rounds, show_misses, dump
+                )
+        finally:
+            await stop_stack(servers, channels)
+    return figures
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3, help="passes over the questions")
+    parser.add_argument("--set", action="append", choices=SET_NAMES, help="default: all")
+    parser.add_argument("--rounds", type=int, default=1, help="passes over the questions")
     parser.add_argument("--misses", action="store_true", help="list the questions each mode missed")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument("--dump", type=Path, help="write raw rankings here (for fusion tuning)")
     args = parser.parse_args()
     if args.rounds < 1:
         parser.error("--rounds must be >= 1")
-    if not MANUAL.is_dir():
-        print(
-            f"The PostgreSQL manual is not installed at {MANUAL}. Install it with:\n"
-            "  apt-get install postgresql-doc-15",
-            file=sys.stderr,
-        )
+    try:
+        sets = [load_set(name) for name in args.set or SET_NAMES]
+    except (MissingCorpus, ValueError) as problem:
+        print(problem, file=sys.stderr)
         return 2
-    pages, questions, texts = load_evaluation()
-    figures = asyncio.run(run(pages, questions, texts, args.rounds, args.misses))
+    if args.dump is not None:
+        args.dump.mkdir(parents=True, exist_ok=True)
+    figures = asyncio.run(run(sets, args.rounds, args.misses, args.dump))
     if args.json is not None:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
     return 0

@@ -25,6 +25,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import re
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import Future
 from typing import TYPE_CHECKING
@@ -34,6 +35,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from retrieval.batching import EmbeddingWorkers
+from runtime import metrics
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -196,9 +198,12 @@ def _forward(texts: list[str]) -> np.ndarray:
     _inference_ran = True
     with _preprocess_lock:
         features = model.preprocess(texts)
+    started = time.perf_counter()
     with torch.inference_mode():
         embedded = model(features)["sentence_embedding"]
         embedded = torch.nn.functional.normalize(embedded, p=2, dim=1)
+    metrics.EMBEDDING_BATCH_SECONDS.observe(time.perf_counter() - started)
+    metrics.EMBEDDING_BATCH_SIZE.observe(len(texts))
     return embedded.numpy().astype(np.float32, copy=False)
 
 

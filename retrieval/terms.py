@@ -13,13 +13,22 @@ Rules:
 - Han, Hiragana and Katakana, written without spaces, give one term per character.
 - A small English stopword list (Lucene's) is dropped from plain words and parts, never from
   whole identifiers or calls. Terms longer than `MAX_TERM_CHARS` (blobs, not words) are dropped.
+- A plain alphabetic word of more than 3 letters also gives its English (Snowball) stem, when
+  that differs, as a term of its own: "locking" gives ``locking`` and ``lock``, so a question's
+  inflection meets the document's while exact words still score higher (they match twice).
+  Identifiers and their parts are never stemmed. Stems are terms like any other: keyed hashes
+  before they leave the process, so the index stays free of plaintext. Chunks indexed before
+  stems existed match on whole words until their project is reindexed.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from collections import Counter
+
+import Stemmer
 
 
 def _mark_ranges() -> str:
@@ -57,6 +66,22 @@ STOPWORDS = frozenset(
 )  # fmt: skip
 
 
+_STEMMER = Stemmer.Stemmer("english")
+
+
+@functools.lru_cache(maxsize=65536)
+def _stem(word: str) -> str:
+    return _STEMMER.stemWord(word)
+
+
+def _stem_into(word: str, out: list[str]) -> None:
+    """A plain word's English stem, as a term of its own beside the word, when it differs."""
+    if len(word) > 3 and word.isalpha():
+        stem = _stem(word)
+        if stem != word:
+            out.append(stem)
+
+
 def _fold(term: str) -> str:
     return unicodedata.normalize("NFKC", term.casefold())
 
@@ -89,6 +114,7 @@ def _word_terms(word: str, is_call: bool, out: list[str]) -> None:
         # A plain word. Called, it is kept even if it is a stopword: "is(" names a function.
         if is_call or whole not in STOPWORDS:
             out.append(whole)
+            _stem_into(whole, out)
         return
     # An identifier: whole, then its parts.
     if is_call or whole not in STOPWORDS:
@@ -119,6 +145,7 @@ def terms(text: str) -> list[str]:
                 out.append(whole + "(")
             if is_call or whole not in STOPWORDS:
                 out.append(whole)
+                _stem_into(whole, out)
             continue
         for run in _CJK_RUN.split(word):
             if not run:

@@ -33,6 +33,18 @@ DEFAULT_PORTS = {
     ServiceName.RATELIMIT: 8081,
 }
 
+# Prometheus metrics ports (runtime/metrics.py) of `python -m services.<name>` and the worker
+# when METRICS_PORT is unset; one machine can run the whole stack on them (`make run`).
+DEFAULT_METRICS_PORTS = {
+    ServiceName.PROJECTS.value: 9101,
+    ServiceName.INGEST.value: 9102,
+    ServiceName.QUERY.value: 9103,
+    ServiceName.CRYPTO.value: 9104,
+    ServiceName.RATELIMIT.value: 9105,
+    "worker": 9106,
+    "envoy": 9107,  # GATEWAY_STATS_PORT under `make run`
+}
+
 
 class Settings(BaseSettings):
     """Every setting of every service; each service reads the ones it needs."""
@@ -49,6 +61,13 @@ class Settings(BaseSettings):
     # A plaintext listener serving only the gRPC health service, for Kubernetes' gRPC probes
     # (which cannot present a client certificate). Unset: no such listener.
     health_port: int | None = Field(default=None, ge=1, le=65535)
+    # Prometheus metrics in plaintext on http://LISTEN_HOST:METRICS_PORT/metrics. Unset: the
+    # process's entry in DEFAULT_METRICS_PORTS (servers a test starts in-process: none);
+    # 0: no metrics listener.
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    # Seconds between reads of the gauges that cost a query (documents by status, queue
+    # depth, index points); about Prometheus' scrape interval.
+    metrics_interval: float = Field(default=15.0, gt=0, le=3600)
     # Workload certificates: <TLS_DIR>/<identity>/{tls.crt,tls.key,ca.crt} (cert-manager's
     # Secret layout). Unset: DATA_DIR/tls, where a development CA is created outside
     # production. Every service port speaks mutual TLS.
@@ -76,6 +95,9 @@ class Settings(BaseSettings):
     gateway_host: str = "127.0.0.1"
     gateway_port: int = Field(default=8080, ge=1, le=65535)
     gateway_admin_port: int = Field(default=9901, ge=1, le=65535)
+    # Envoy's Prometheus stats (GET /stats/prometheus only) on GATEWAY_HOST, for scrapers
+    # off the host (the admin port stays on 127.0.0.1). 0: any free port (`make run`: 9107).
+    gateway_stats_port: int = Field(default=0, ge=0, le=65535)
     # Seconds between Envoy's gRPC health checks of each upstream.
     gateway_health_check_interval: float = Field(default=5.0, gt=0, le=300)
     # Envoy-wide token bucket (requests per second) that holds if the ratelimit service is down.
@@ -117,9 +139,10 @@ class Settings(BaseSettings):
     # The RQ queue background ingestion jobs go to (with REDIS_URL).
     ingest_queue: str = Field(default="contextcache-ingest", min_length=1, max_length=100)
 
-    # Query: weights of the dense and keyword rankings in hybrid (reciprocal rank) fusion.
+    # Query: weights of the dense and keyword rankings in hybrid fusion (see
+    # services.query.index.fusion.HYBRID_FUSION).
     hybrid_dense_weight: float = Field(default=1.0, ge=0, le=10)
-    hybrid_keyword_weight: float = Field(default=1.0, ge=0, le=10)
+    hybrid_keyword_weight: float = Field(default=1.5, ge=0, le=10)
 
     # How often readiness re-checks dependencies, in seconds.
     health_check_interval: float = Field(default=5.0, gt=0, le=300)
@@ -154,6 +177,12 @@ class Settings(BaseSettings):
 
     def listen_port(self, service: ServiceName) -> int:
         return self.port or DEFAULT_PORTS[service]
+
+    def metrics_port_of(self, process: str) -> int:
+        """METRICS_PORT, else the process's default (0: no metrics listener)."""
+        if self.metrics_port is not None:
+            return self.metrics_port
+        return DEFAULT_METRICS_PORTS[process]
 
     @property
     def hybrid_weights(self) -> tuple[float, float]:

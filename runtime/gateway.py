@@ -83,6 +83,7 @@ def substitutions(settings: Settings) -> dict[str, str]:
         "LISTEN_HOST": settings.gateway_host,
         "LISTEN_PORT": str(settings.gateway_port),
         "ADMIN_PORT": str(settings.gateway_admin_port),
+        "STATS_PORT": str(settings.gateway_stats_port),
         "CORS_ORIGINS": cors_matchers(settings.cors_origin_list),
         "RATELIMIT_DOMAIN": load_rules(settings.ratelimit_rules).domain,
         "HEALTH_CHECK_INTERVAL": _seconds(settings.gateway_health_check_interval),

@@ -3,7 +3,8 @@
 `liveness` stays SERVING while the process runs. The overall name ("") and each
 ContextCache service name turn NOT_SERVING while a required dependency check fails and
 back to SERVING by themselves when it passes again. GetStatus reports each check's result
-and latency — never the error text of a dependency.
+and latency — never the error text of a dependency. Each refresh also sets the service's
+readiness and dependency gauges (runtime/metrics.py).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from grpc_health.v1 import health, health_pb2
 
 from contextcache.v1 import common_pb2
-from runtime import VERSION
+from runtime import VERSION, metrics
 from runtime.background import Periodic
 
 log = logging.getLogger(__name__)
@@ -84,8 +85,10 @@ class Readiness:
         service_names: Sequence[str],
         dependencies: Sequence[Dependency],
         environment: str = "development",
+        metrics_name: str | None = None,
     ) -> None:
         self.service_names = list(service_names)
+        self.metrics_name = metrics_name  # the `service` label of its gauges
         self.dependencies = list(dependencies)
         self.environment = environment
         self.servicer = health.aio.HealthServicer()
@@ -101,6 +104,7 @@ class Readiness:
         if ready != self._ready:
             log.info("readiness: %s", "SERVING" if ready else "NOT_SERVING")
         self._ready = ready
+        self._export(results, ready)
         status = (
             health_pb2.HealthCheckResponse.SERVING
             if ready
@@ -110,6 +114,19 @@ class Readiness:
         for name in ["", *self.service_names]:
             await self.servicer.set(name, status)
         return ready
+
+    def _export(self, results: list[CheckResult], ready: bool) -> None:
+        if self.metrics_name is None:
+            return
+        metrics.READY.labels(self.metrics_name).set(1 if ready else 0)
+        for result in results:
+            if result.dependency.probe is None:
+                continue
+            name = result.dependency.name
+            metrics.DEPENDENCY_UP.labels(self.metrics_name, name, result.dependency.type).set(
+                1 if result.ok else 0
+            )
+            metrics.DEPENDENCY_CHECK_SECONDS.labels(self.metrics_name, name).set(result.latency)
 
     async def start(self, interval: float) -> None:
         await self.refresh()

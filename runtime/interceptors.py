@@ -3,7 +3,8 @@
 Order for each call: record context (request id, deadline) → check the caller's identity
 against runtime/callers.py's table (before anything reads the request) → validate the
 request against its protovalidate rules → run the handler → map errors to statuses → log
-one line and set `x-process-time` in trailing metadata. Never logs request or response bodies.
+one line and set `x-process-time` in trailing metadata; count it in runtime/metrics.py
+(method and code only). Never logs request or response bodies.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import protovalidate
 from google.protobuf.message import Message
 
 from runtime import context as call_context
+from runtime import metrics
 from runtime.background import cancel_and_wait
 from runtime.callers import authorize_caller, client_address
 from runtime.errors import (
@@ -68,10 +70,16 @@ def validate(request: Message) -> None:
 class _Call:
     """Bookkeeping of one RPC: timing, outcome, the log line and trailing metadata."""
 
-    def __init__(self, method: str, context: grpc.aio.ServicerContext) -> None:
+    def __init__(
+        self, method: str, context: grpc.aio.ServicerContext, rpc_type: str = "unary"
+    ) -> None:
         self.method = method
         self.context = context
         self.started = time.perf_counter()
+        # "/pkg.Service/Method": names the server registered (a closed set), never a value.
+        service, _, name = method.lstrip("/").partition("/")
+        self.labels = (service, name, rpc_type)
+        metrics.RPC_STARTED.labels(*self.labels).inc()
         self.code = grpc.StatusCode.OK
         metadata = dict(context.invocation_metadata() or ())
         self.request_id = metadata.get("x-request-id") or uuid.uuid4().hex
@@ -111,6 +119,8 @@ class _Call:
         if not aborted:
             self.context.set_trailing_metadata((self._process_time(),))
         elapsed = time.perf_counter() - self.started
+        metrics.RPC_HANDLED.labels(*self.labels, self.code.name).inc()
+        metrics.RPC_SECONDS.labels(*self.labels).observe(elapsed)
         level = logging.DEBUG if self.method.startswith(QUIET_PREFIXES) else logging.INFO
         log.log(
             level,
@@ -205,6 +215,13 @@ async def _as_generator(
         await cancel_and_wait(task)
 
 
+def _rpc_type(unary_request: bool, streaming_response: bool) -> str:
+    """go-grpc-prometheus's grpc_type values."""
+    if unary_request:
+        return "server_stream" if streaming_response else "unary"
+    return "bidi_stream" if streaming_response else "client_stream"
+
+
 def _wrap(
     method: str, behavior: Callable[..., Any], unary_request: bool, streaming_response: bool
 ) -> Callable[..., Any]:
@@ -212,7 +229,7 @@ def _wrap(
     if streaming_response:
 
         async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            call = _Call(method, context)
+            call = _Call(method, context, _rpc_type(unary_request, streaming_response))
             async with _guard(call):
                 call_context.caller.set(authorize_caller(method, context))
                 if unary_request:
@@ -228,7 +245,7 @@ def _wrap(
         return stream
 
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        call = _Call(method, context)
+        call = _Call(method, context, _rpc_type(unary_request, streaming_response))
         async with _guard(call):
             call_context.caller.set(authorize_caller(method, context))
             if unary_request:

@@ -8,7 +8,8 @@ The service port speaks mutual TLS only (runtime/tls.py): a caller without a cer
 from the deployment's CA is refused in the handshake, and runtime/callers.py's table says
 which identity may call which method. Kubernetes' gRPC probes cannot present a
 certificate, so HEALTH_PORT, when set, adds a plaintext listener serving the health
-service and nothing else.
+service and nothing else. METRICS_PORT, when set, serves Prometheus metrics in plaintext
+(runtime/metrics.py); `python -m services.<name>` sets it to the service's default.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
+from runtime import metrics
 from runtime.config import ServiceName, Settings, load_settings
 from runtime.health import Dependency, Readiness
 from runtime.interceptors import RpcInterceptor
@@ -73,7 +75,9 @@ class ServiceApp(abc.ABC):
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.readiness = Readiness(self.service_names, [], settings.environment)
+        self.readiness = Readiness(
+            self.service_names, [], settings.environment, metrics_name=self.name.value
+        )
         self._identity: Identity | None = None
 
     @property
@@ -132,6 +136,7 @@ class Server:
             options=server_options(app.max_receive_bytes),
         )
         self.probe_server: grpc.aio.Server | None = None
+        self.metrics_server: object | None = None
 
     def _listen(self, server: grpc.aio.Server, address: str, credentials) -> int:  # type: ignore[no-untyped-def]
         try:
@@ -186,6 +191,8 @@ class Server:
         if self.probe_server is not None:
             await self.probe_server.start()
         await readiness.start(self.settings.health_check_interval)
+        if self.settings.metrics_port:
+            self.metrics_server = metrics.serve(self.settings.metrics_port, host)
         log.info("%s listening on %s:%d (mutual TLS)", self.app.name.value, host, self.port)
         if self.health_port:
             log.info(
@@ -198,6 +205,7 @@ class Server:
         grace = self.settings.shutdown_grace if grace is None else grace
         if self.probe_server is not None:
             await self.probe_server.stop(0)
+        metrics.stop(self.metrics_server)
         await self.server.stop(grace)
         await self.app.stop()
 
@@ -220,6 +228,7 @@ async def serve(app: ServiceApp) -> None:
 def run(service: ServiceName, factory: Callable[[Settings], ServiceApp]) -> None:
     """The `python -m services.<name>` entry point."""
     settings = load_settings()
+    settings = settings.model_copy(update={"metrics_port": settings.metrics_port_of(service)})
     configure_logging(settings.log_format, settings.log_level, service.value)
     configure_tracing(settings, service.value)
     if configure_sentry(settings, service.value):

@@ -7,6 +7,10 @@ nothing is left running. If any child dies, everything is stopped and the exit c
 
 Once `make install` has built it, the web console's file server (runtime/console.py) is one
 more child, and its origin is added to the gateway's CORS origins.
+
+Every process serves Prometheus metrics (METRICS_PORT, and Envoy's GATEWAY_STATS_PORT: the
+defaults 9101-9107 when the services are on their default ports, free ports otherwise), and
+a Prometheus configuration scraping them is written to DATA_DIR/prometheus.yml.
 """
 
 from __future__ import annotations
@@ -23,8 +27,17 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from runtime import console
-from runtime.config import REPO_ROOT, ServiceName, Settings, load_settings
+from runtime.config import (
+    DEFAULT_METRICS_PORTS,
+    DEFAULT_PORTS,
+    REPO_ROOT,
+    ServiceName,
+    Settings,
+    load_settings,
+)
 from runtime.gateway import envoy_command, render
+from runtime.monitoring import ENVOY_STATS_PATH, write_prometheus_config
+from runtime.ports import free_port
 from runtime.tls import Identity, workload_identity
 
 STOP_GRACE = 15.0
@@ -36,6 +49,7 @@ class Child:
     argv: list[str]
     port: int | None = None  # gRPC port to probe for readiness
     http: bool = False  # probe `port` with GET /healthz instead
+    metrics_port: int | None = None  # its METRICS_PORT
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
 
@@ -53,16 +67,37 @@ def children(settings: Settings) -> list[Child]:
         ServiceName.INGEST: settings.ingest_addr,
         ServiceName.RATELIMIT: settings.ratelimit_addr,
     }
+    # The default metrics ports go with the default service ports; a stack on other ports
+    # (tests, the demo, benchmarks) may run beside one on the defaults.
+    defaults = all(port_of(a) == DEFAULT_PORTS[s] for s, a in addresses.items())
+
+    def metrics_port(name: str) -> int:
+        return DEFAULT_METRICS_PORTS[name] if defaults else free_port()
+
     services = [
-        Child(s.value, [python, "-m", f"services.{s.value}"], port_of(address))
+        Child(
+            s.value,
+            [python, "-m", f"services.{s.value}"],
+            port_of(address),
+            metrics_port=metrics_port(s.value),
+        )
         for s, address in addresses.items()
     ]
     if settings.redis_url:
-        services.append(Child("worker", [python, "-m", "services.ingest.worker"]))
+        services.append(
+            Child(
+                "worker",
+                [python, "-m", "services.ingest.worker"],
+                metrics_port=metrics_port("worker"),
+            )
+        )
     if console.is_built(settings):
         services.append(Child("console", console.ARGV, settings.console_port, http=True))
         settings = console.with_own_origins(settings)
-    services.append(Child("envoy", envoy_command(render(settings))))
+    # Envoy's stats listener (GET /stats/prometheus); the admin port stays on 127.0.0.1.
+    stats_port = settings.gateway_stats_port or metrics_port("envoy")
+    settings = settings.model_copy(update={"gateway_stats_port": stats_port})
+    services.append(Child("envoy", envoy_command(render(settings)), metrics_port=stats_port))
     return services
 
 
@@ -89,16 +124,28 @@ class Stack:
         self.children = children(settings)
         self.log = log
 
+    @property
+    def metrics_targets(self) -> dict[str, str]:
+        """Where each process serves its metrics (host:port; Envoy: its stats listener)."""
+        return {c.name: f"127.0.0.1:{c.metrics_port}" for c in self.children if c.metrics_port}
+
+    @property
+    def prometheus_config(self) -> Path:
+        return Path(self.settings.data_dir) / "prometheus.yml"
+
     def start(self, timeout: float = 120.0) -> None:
         Path(self.settings.data_dir).mkdir(parents=True, exist_ok=True)
         # Outside production this creates the development CA and every workload's
         # certificate before any child starts (each child would otherwise make them itself).
         self.operator = workload_identity(self.settings, "operator")
+        write_prometheus_config(self.prometheus_config, self.metrics_targets)
         for child in self.children:
             env = dict(self.env)
             env.pop("PORT", None)
             if child.port is not None:
                 env["PORT"] = str(child.port)
+            if child.metrics_port is not None:
+                env["METRICS_PORT"] = str(child.metrics_port)
             output = self.log.open("ab") if self.log else None
             child.process = subprocess.Popen(  # noqa: S603 — our own interpreter and binaries
                 child.argv,
@@ -208,6 +255,16 @@ def main() -> int:
             f"(every route: docs/openapi.yaml).\n"
             f"Service ports speak mutual TLS; certificates (development CA) are in "
             f"{settings.tls_root}/<workload>/.\n",
+            flush=True,
+        )
+        print("Prometheus metrics:", flush=True)
+        for name, target in stack.metrics_targets.items():
+            path = ENVOY_STATS_PATH if name == "envoy" else "/metrics"
+            print(f"  {name:<10} http://{target}{path}", flush=True)
+        config = stack.prometheus_config
+        print(
+            f"A Prometheus configuration scraping them, with the alert rules: {config}\n"
+            f"  e.g. prometheus --config.file={config}\n",
             flush=True,
         )
         if console.is_built(settings):

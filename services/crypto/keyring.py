@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import hmac
 import os
+import time
 import uuid
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from contextcache.internal.v1 import crypto_pb2
+from runtime import metrics
 from runtime.errors import DataLoss, FailedPrecondition, PermissionDenied
 from services.crypto import canonical
 from services.crypto.aead import Aead, AeadError
@@ -89,6 +91,7 @@ async def open_keyring(
     if keyring.version not in (KEYRING_VERSION, LEGACY_VERSION):
         raise FailedPrecondition(f"Keyring format version {keyring.version} is not supported")
     params = KdfParams.from_proto(keyring.kdf_params)
+    started = time.perf_counter()
     kek = Aead(await kdf.derive(passphrase, keyring.salt, params))
     generation = generation_of(keyring)
 
@@ -98,8 +101,11 @@ async def open_keyring(
     try:
         data_key = kek.open(keyring.wrapped_data_key, ad(DATA_KEY))
     except AeadError:
+        metrics.PASSPHRASE_FAILURES.inc()
         # Also what a keyring of another project looks like: its keys are bound to its id.
         raise PermissionDenied("Wrong passphrase for this project") from None
+    finally:
+        metrics.KEYRING_OPEN_SECONDS.observe(time.perf_counter() - started)
     try:
         signing_seed = kek.open(keyring.wrapped_signing_key, ad(SIGNING_KEY))
     except AeadError:

@@ -17,6 +17,7 @@ from runtime.health import Dependency
 from runtime.protos import CRYPTO_SERVICE, INGEST_SERVICE, QUERY_SERVICE
 from runtime.server import MB, ServiceApp
 from runtime.tokens import TokenVerifier
+from services.ingest.gauges import IngestGauges
 from services.ingest.ingestion import IngestionPipeline
 from services.ingest.jobs import JobQueue, Reaper
 from services.ingest.pipeline.fetch import UrlFetcher
@@ -84,9 +85,12 @@ class IngestApp(ServiceApp):
             self.store, self.queue, self.pipeline, self.settings.ingest_reaper_interval
         )
         self.reaper.start()
+        self.gauges = IngestGauges(self.store, self.queue, self.settings.metrics_interval)
+        self.gauges.start(run_first=True)
 
     async def stop(self) -> None:
         await self.tokens.stop()
+        await self.gauges.stop()
         await self.reaper.stop()
         await self.queue.stop()
         await self.close()

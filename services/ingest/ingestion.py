@@ -33,6 +33,7 @@ from retrieval.cipher import ContentCipher
 from retrieval.embeddings import Embedder
 from retrieval.sealing import associated_data, chunk_id
 from retrieval.terms import term_frequencies
+from runtime import metrics
 from runtime.background import cancel_and_wait
 from runtime.clients import calling
 from runtime.db import as_utc
@@ -170,6 +171,7 @@ class IngestionPipeline:
                 "changed). Retry it with RetryDocument."
             )
             await self.fail(document, None, reason, "unauthorized")
+            metrics.INGEST_JOBS.labels(Outcome.FAILED.value).inc()
             return Result(Outcome.FAILED, reason, error)
         return await self.process(document_id, token)
 
@@ -187,6 +189,13 @@ class IngestionPipeline:
         document as stored already claimed (an inline ingestion inserts it so), else it is
         claimed here.
         """
+        result = await self._process(document_id, token, payload, claimed)
+        metrics.INGEST_JOBS.labels(result.outcome.value).inc()
+        return result
+
+    async def _process(
+        self, document_id: str, token: str, payload: str | None, claimed: DocumentRow | None
+    ) -> Result:
         document = claimed or await self.store.claim(document_id, self.lease)
         if document is None:
             return Result(Outcome.SKIPPED)
@@ -345,6 +354,7 @@ class IngestionPipeline:
             else:
                 todo.setdefault(h, []).append(i)
         done = total - sum(len(v) for v in todo.values())
+        metrics.CHUNKS_REUSED.inc(done)
         pending = list(todo.items())
         steps = [pending[i : i + EMBED_STEP] for i in range(0, len(pending), EMBED_STEP)]
         submitted: deque[asyncio.Future[np.ndarray]] = deque()
@@ -355,6 +365,7 @@ class IngestionPipeline:
                     texts_ahead = [texts[positions[0]] for _, positions in ahead]
                     submitted.append(asyncio.wrap_future(self.embedder.submit(texts_ahead)))
                 embedded = await submitted.popleft()
+                metrics.CHUNKS_EMBEDDED.inc(len(step))
                 for (_, positions), vector in zip(step, embedded, strict=True):
                     vectors[positions] = vector
                     done += len(positions)

@@ -106,6 +106,13 @@ class JobQueue:
             return False
         return found in (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED)
 
+    async def depth(self) -> int:
+        """Jobs waiting in RQ's queue (with Redis), else in-process jobs not yet finished."""
+        if not self.uses_redis:
+            return len(self._tasks)
+        queue = self._rq()
+        return int(await asyncio.to_thread(lambda: queue.count))
+
     async def ping(self) -> None:
         if self.uses_redis:
             await asyncio.to_thread(self._rq().connection.ping)

@@ -415,6 +415,17 @@ class DocumentStore:
                 )
         return result
 
+    async def census(self) -> dict[str, tuple[int, datetime | None]]:
+        """Documents of every project together, by status: (count, oldest creation time).
+        For metrics: no project, document or title leaves this method."""
+        async with self.sessions() as session:
+            rows = await session.execute(
+                select(DocumentRow.status, func.count(), func.min(DocumentRow.created_at)).group_by(
+                    DocumentRow.status
+                )
+            )
+            return {status: (int(count), _time(oldest)) for status, count, oldest in rows.all()}
+
 
 def _document(row: Row | None) -> DocumentRow | None:
     """A documents row read with Core, as a (detached) DocumentRow."""
@@ -427,6 +438,11 @@ def _progress(document_id: str, embedded: int, total: int) -> dict[str, object]:
 
 def _values(rows: Sequence[ChunkRow] | Sequence[FactRow], columns: list[str]) -> list[dict]:
     return [{column: getattr(row, column) for column in columns} for row in rows]
+
+
+def _time(value: object) -> datetime | None:
+    """A timestamp as PostgreSQL (datetime) or SQLite (text, from an aggregate) returns it."""
+    return as_utc(value) if isinstance(value, datetime) else _parse(value)
 
 
 def _parse(value: object) -> datetime | None:

@@ -5,12 +5,20 @@ job (the fork shares it); each job creates its own event loop, database engine a
 channels after the fork, and closes them when it ends. Trace context comes with the job.
 A job carries the document's grant, which crypto redeems for the job token only for the
 worker's certificate; the token lives in memory for the job's run.
+
+Metrics (runtime/metrics.py): the work horses count in prometheus_client's multiprocess
+mode, in files under DATA_DIR/metrics/worker-<port>; the worker serves their sum on
+METRICS_PORT (default 9106). The files of finished horses are folded into one archive before
+each scrape; the directory is emptied when the worker starts.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import shutil
+from pathlib import Path
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
@@ -50,18 +58,41 @@ async def _process(document_id: str, job_grant: str) -> str:
         await app.close()
 
 
+def count_in_files(directory: Path) -> None:
+    """prometheus_client's multiprocess mode: every process forked from this one adds to
+    files under `directory`. Before runtime.metrics is imported (its metrics take the mode
+    when they are created)."""
+    import sys
+
+    if "runtime.metrics" in sys.modules:
+        raise RuntimeError("runtime.metrics was imported before the multiprocess mode was set")
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+    from prometheus_client import values
+
+    values.ValueClass = values.get_value_class()
+
+
 def main() -> None:
+    settings = load_settings()
+    configure_logging(settings.log_format, settings.log_level, "worker")
+    metrics_port = settings.metrics_port_of("worker")
+    if metrics_port:
+        count_in_files(Path(settings.data_dir) / "metrics" / f"worker-{metrics_port}")
+
     from redis import Redis
     from rq import Queue, Worker
 
     from retrieval.embeddings import load_model
+    from runtime import metrics
 
-    settings = load_settings()
-    configure_logging(settings.log_format, settings.log_level, "worker")
     configure_tracing(settings, "worker")
     configure_sentry(settings, "worker")
     if not settings.redis_url:
         raise SystemExit("REDIS_URL is required for the worker (without it, jobs run in-process)")
+    if metrics_port:
+        metrics.serve_multiprocess(metrics_port, settings.listen_host)
     load_model()  # once per worker process; work horses inherit it through fork
     connection = Redis.from_url(settings.redis_url)
     queue = Queue(settings.ingest_queue, connection=connection)

@@ -39,9 +39,7 @@ class PassphraseAttempts:
         self.prefix = prefix
         self.per_address = per_address
         self.per_project = per_project
-        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
-            weakref.WeakValueDictionary()
-        )
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
     def _windows(self, address: str, project_id: str) -> list[Window]:
         now = time.time()

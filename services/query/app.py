@@ -11,7 +11,10 @@ import grpc
 from contextcache.internal.v1 import crypto_pb2_grpc
 from contextcache.internal.v1 import query_pb2_grpc as query_internal_pb2_grpc
 from contextcache.v1 import query_pb2_grpc
-from retrieval.embeddings import Embedder, load_model
+from retrieval.onnx_embeddings import query_embedder
+from retrieval.query_batching import QueryBatcher
+from runtime import metrics
+from runtime.background import Periodic
 from runtime.clients import grpc_dependency, open_channel
 from runtime.config import ServiceName, Settings
 from runtime.health import Dependency
@@ -34,22 +37,29 @@ class QueryApp(ServiceApp):
 
     async def start(self) -> None:
         self.index = await open_index(self.settings.qdrant_url, self.settings.index_path)
-        # A query is one short text: one torch thread embeds it in ~14 ms here. A thread per
-        # core spin-waits for cores this service shares with crypto, Envoy and other requests
-        # (p90 100-490 ms on 2 busy cores). Queries are embedded one at a time, in the
-        # calling thread (no hand-off to the embedding workers), on an executor thread of
-        # their own.
-        self.embedder = Embedder(pooled=False)
+        # A query is one short text, embedded on one thread (a thread per core spin-waits
+        # for cores this service shares with crypto, Envoy and other requests), on an
+        # executor thread of its own, in ONNX Runtime: the same weights as ingestion's
+        # torch model with less overhead per call (retrieval.onnx_embeddings).
+        self.embedder = query_embedder()
         self.embed_executor = ThreadPoolExecutor(1, thread_name_prefix="query-embed")
         # Once per process, before the first query.
-        await asyncio.get_running_loop().run_in_executor(self.embed_executor, load_model)
+        await asyncio.get_running_loop().run_in_executor(self.embed_executor, self.embedder.load)
+        self.query_vectors = QueryBatcher(self.embedder, self.embed_executor)
         self.cache = QueryCache(self.settings.redis_url)
         self.crypto_channel = open_channel(self.settings.crypto_addr, self.identity, "crypto")
         self.crypto = crypto_pb2_grpc.CryptoInternalServiceStub(self.crypto_channel)
         self.tokens = TokenVerifier(self.crypto)
         self.tokens.start()
+        self.gauges = Periodic("index gauges", self._count_points, self.settings.metrics_interval)
+        self.gauges.start(run_first=True)
+
+    async def _count_points(self) -> None:
+        if self.index is not None and (points := await self.index.points()) is not None:
+            metrics.INDEX_POINTS.set(points)
 
     async def stop(self) -> None:
+        await self.gauges.stop()
         await self.tokens.stop()
         await self.crypto_channel.close()
         await self.cache.close()
@@ -78,8 +88,7 @@ class QueryApp(ServiceApp):
 
         servicer = QueryServicer(
             index,
-            self.embedder,
-            self.embed_executor,
+            self.query_vectors,
             self.cache,
             self.crypto,
             self.tokens,

@@ -11,16 +11,16 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor
 
 from contextcache.internal.v1 import crypto_pb2_grpc
 from contextcache.internal.v1 import query_pb2 as query_internal_pb2
 from contextcache.internal.v1 import query_pb2_grpc as query_internal_pb2_grpc
 from contextcache.v1 import query_pb2, query_pb2_grpc
 from retrieval.cipher import ContentCipher
-from retrieval.embeddings import Embedder
+from retrieval.query_batching import QueryBatcher
 from retrieval.sealing import associated_data
 from retrieval.terms import term_frequencies
+from runtime import metrics
 from runtime.errors import InvalidArgument, Unavailable
 from runtime.health import Readiness
 from runtime.protos import QUERY_SERVICE
@@ -34,7 +34,9 @@ from services.query.index import (
     StoredChunk,
     VectorIndex,
 )
-from services.query.index.base import VectorIndexError
+from services.query.index.fusion import HYBRID_FUSION
+from services.query.index.types import VectorIndexError
+from services.query.passages import PassagePlan, candidate_limit, plan_passages
 
 IndexSource = Callable[[], VectorIndex | None]
 
@@ -88,8 +90,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
     def __init__(
         self,
         index: IndexSource,
-        embedder: Embedder,
-        embed_executor: Executor,
+        query_vectors: QueryBatcher,
         cache: QueryCache,
         crypto: crypto_pb2_grpc.CryptoInternalServiceStub,
         tokens: TokenVerifier,
@@ -97,8 +98,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         readiness: Readiness,
     ) -> None:
         self._index = index
-        self.embedder = embedder
-        self.embed_executor = embed_executor
+        self.query_vectors = query_vectors
         self.cache = cache
         self.crypto = crypto
         self.tokens = tokens
@@ -127,9 +127,11 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         embed_ms = search_ms = 0.0
         ranking = await self.cache.get(request.project_id, request.query, params)
         cached = ranking is not None
+        if self.cache.enabled:
+            metrics.QUERY_CACHE.labels("hit" if cached else "miss").inc()
         if ranking is None:
             hits, embed_ms, search_ms = await self._search(
-                cipher, request.query, mode, where, top_k
+                cipher, request.query, mode, where, candidate_limit(top_k)
             )
             ranking = [(h.chunk_id, h.score) for h in hits]
             await self.cache.put(request.project_id, request.query, params, ranking)
@@ -142,8 +144,10 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         if request.HasField("min_score"):
             chunks = [c for c in chunks if scores[c.chunk_id] >= request.min_score]
 
+        # k distinct passages: overlapping and neighbouring chunks merged (services.query.passages).
+        plans = plan_passages(chunks, scores, top_k)
         decrypt_started = time.perf_counter()
-        passages = await self._passages(cipher, chunks, scores)
+        passages = await self._passages(cipher, plans)
         return query_pb2.QueryResponse(
             passages=passages,
             cached=cached,
@@ -162,11 +166,10 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         embed_started = time.perf_counter()
         vector = None
         sparse = None
-        # The model runs on its executor thread while crypto hashes the query's terms.
+        # The model runs on its executor thread (in a pass shared with the queries that wait
+        # with this one, retrieval.query_batching) while crypto hashes the query's terms.
         embedding = (
-            asyncio.get_running_loop().run_in_executor(
-                self.embed_executor, self.embedder.embed, [query]
-            )
+            asyncio.ensure_future(self.query_vectors.embed(query))
             if mode in ("hybrid", "dense")
             else None
         )
@@ -179,7 +182,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
             ordered = sorted(merged)
             sparse = SparseTerms(ordered, [merged[i] for i in ordered])
         if embedding is not None:
-            vector = (await embedding)[0]
+            vector = await embedding
         embed_ms = _ms(embed_started)
         search_started = time.perf_counter()
         try:
@@ -193,11 +196,12 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
                     sparse,
                     where,
                     top_k,
-                    fusion="rrf",
+                    fusion=HYBRID_FUSION,
                     weights=self.hybrid_weights,
                 )
         except VectorIndexError as error:
             raise Unavailable("The vector index is unavailable. Try again shortly") from error
+        metrics.INDEX_SEARCH_SECONDS.labels(mode).observe(time.perf_counter() - search_started)
         return hits, embed_ms, _ms(search_started)
 
     async def _retrieve(self, project_id: str, chunk_ids: list[str]) -> list[StoredChunk]:
@@ -205,16 +209,15 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         return [found[cid] for cid in chunk_ids if cid in found]  # deleted chunks drop out
 
     async def _passages(
-        self, cipher: ContentCipher, chunks: list[StoredChunk], scores: dict[str, float]
+        self, cipher: ContentCipher, plans: list[PassagePlan]
     ) -> list[query_pb2.Passage]:
-        sealed: list[tuple[bytes, bytes]] = []
-        for c in chunks:
-            sealed.append(
-                (
-                    c.encrypted_text,
-                    associated_data("chunk", c.project_id, c.document_id, c.chunk_index),
-                )
-            )
+        chunks = {c.chunk_id: c for plan in plans for c in plan.members}
+        documents = {plan.document_id: plan.first for plan in plans}
+        sealed: list[tuple[bytes, bytes]] = [
+            (c.encrypted_text, associated_data("chunk", c.project_id, c.document_id, c.chunk_index))
+            for c in chunks.values()
+        ]
+        for c in documents.values():
             sealed.append(
                 (c.encrypted_title, associated_data("title", c.project_id, c.document_id))
             )
@@ -223,23 +226,28 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
             )
         wanted = [(i, item) for i, item in enumerate(sealed) if item[0]]
         plain = await cipher.decrypt([item for _, item in wanted]) if wanted else []
-        texts = [""] * len(sealed)
+        values = [""] * len(sealed)
         for (i, _), value in zip(wanted, plain, strict=True):
-            texts[i] = value.decode()
+            values[i] = value.decode()
+        texts = dict(zip(chunks, values, strict=False))
+        titles = {
+            document_id: (values[len(chunks) + 2 * n], values[len(chunks) + 2 * n + 1])
+            for n, document_id in enumerate(documents)
+        }
         return [
             query_pb2.Passage(
-                text=texts[3 * n],
-                document_title=texts[3 * n + 1],
-                source=texts[3 * n + 2],
-                score=scores[c.chunk_id],
-                document_id=c.document_id,
-                source_type=c.source_type,
-                chunk_index=c.chunk_index,
-                start_offset=c.start_offset,
-                end_offset=c.end_offset,
-                chunk_id=c.chunk_id,
+                text=plan.text(texts),
+                document_title=titles[plan.document_id][0],
+                source=titles[plan.document_id][1],
+                score=plan.score,
+                document_id=plan.document_id,
+                source_type=plan.first.source_type,
+                chunk_index=plan.first.chunk_index,
+                start_offset=plan.start,
+                end_offset=plan.end,
+                chunk_id=plan.first.chunk_id,
             )
-            for n, c in enumerate(chunks)
+            for plan in plans
         ]
 
     async def GetStatus(self, request, context):

@@ -13,6 +13,7 @@ import time
 from envoy_rls import rls_pb2, rls_pb2_grpc
 from google.protobuf import duration_pb2
 
+from runtime import metrics
 from runtime.errors import InvalidArgument
 from runtime.windows import Window, WindowCounter, window_for
 from services.ratelimit.rules import Limit, RateLimitRules
@@ -51,6 +52,13 @@ class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):
         for (index, limit, window), count in zip(counted, counts, strict=True):
             statuses[index] = descriptor_status(limit, window, count, now)
         over = any(status.code == Response.OVER_LIMIT for status in statuses)
+        in_memory = self.counter.in_memory
+        # A fallback only where Redis is configured (without it, memory is the design).
+        fallback = in_memory and self.counter.redis is not None
+        metrics.RATELIMIT_MEMORY_FALLBACK.set(1 if fallback else 0)
+        metrics.RATELIMIT_DECISIONS.labels(
+            "limited" if over else "allowed", "memory" if in_memory else "redis"
+        ).inc()
         return Response(
             overall_code=Response.OVER_LIMIT if over else Response.OK, statuses=statuses
         )

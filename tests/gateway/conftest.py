@@ -93,6 +93,8 @@ def start_service(module: str, port: int, env: dict[str, str], logs: Path) -> Pr
             "PORT": str(port),
             "LISTEN_HOST": "127.0.0.1",
             "HEALTH_CHECK_INTERVAL": "1",
+            # Never the default metrics port: other stacks may run on this machine.
+            "METRICS_PORT": str(free_port()),
             # One development CA for every process of the session, Envoy included.
             "TLS_DIR": str(logs / "tls"),
             **env,

@@ -28,6 +28,7 @@ K8S_GATEWAY = {
     "ratelimit_addr": "ratelimit.contextcache.svc.cluster.local:8081",
     "gateway_health_check_interval": 5,
     "gateway_local_rate_limit": 500,
+    "gateway_stats_port": 9090,
     "environment": "production",
     "tls_dir": "/etc/contextcache/tls",
     # Shipped beside envoy.yaml in the envoy-config ConfigMap (k8s/gateway.binpb).
@@ -136,7 +137,7 @@ def test_kubernetes_rate_limit_rules_are_the_shipped_rules():
 
 def test_network_policies_are_generated_from_the_caller_table_and_allow_exactly_its_paths():
     from runtime.callers import call_paths
-    from runtime.network_policies import POD_NAMES, render
+    from runtime.network_policies import METRICS_POLICY, METRICS_PORT, POD_NAMES, render
     from runtime.protos import PUBLIC_METHODS
 
     assert (K8S / "network-policies.yaml").read_text() == render(), (
@@ -160,6 +161,12 @@ def test_network_policies_are_generated_from_the_caller_table_and_allow_exactly_
     allowed = set()
     for doc in documents:
         if doc["kind"] != "NetworkPolicy":
+            continue
+        if doc["metadata"]["name"] == METRICS_POLICY:
+            # Prometheus' namespace, to the metrics port only (checked below).
+            (rule,) = doc["spec"]["ingress"]
+            assert rule["ports"] == [{"port": METRICS_PORT, "protocol": "TCP"}]
+            assert [set(source) for source in rule["from"]] == [{"namespaceSelector"}]
             continue
         callee = doc["spec"]["podSelector"].get("matchLabels", {}).get("app.kubernetes.io/name")
         for rule in doc["spec"].get("ingress", ()):

@@ -116,6 +116,8 @@ class WorkerProcess:
             "QUERY_ADDR": settings.query_addr,
             "DATA_DIR": str(settings.data_dir),
             "TOKENIZERS_PARALLELISM": "false",
+            # Never the default metrics port: other stacks may run on this machine.
+            "METRICS_PORT": str(free_port()),
         }
         self.queue_name = settings.ingest_queue
         self.redis_url = str(settings.redis_url)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import re
 import subprocess
 import time
@@ -325,7 +326,6 @@ async def test_passages_carry_text_score_and_citation(stack):
     assert upload.chunk_count >= 2
 
     response = await query(stack, project.id, token, "why does dough rise?", top_k=50)
-    assert len(response.passages) == note.chunk_count + upload.chunk_count
     top = response.passages[0]
     assert top.text == SHARED["Bread"]
     assert top.document_id == note.id and top.document_title == "Bread notes"
@@ -335,15 +335,47 @@ async def test_passages_carry_text_score_and_citation(stack):
     scores = [p.score for p in response.passages]
     assert scores == sorted(scores, reverse=True) and scores[0] > 0
 
-    chunks = sorted(
-        (p for p in response.passages if p.document_id == upload.id), key=lambda p: p.chunk_index
+    # The upload's overlapping chunks come back merged into passages that tile the document:
+    # each passage is the document's text between its true offsets, and no text repeats.
+    passages = sorted(
+        (p for p in response.passages if p.document_id == upload.id), key=lambda p: p.start_offset
     )
-    assert [p.chunk_index for p in chunks] == list(range(upload.chunk_count))
-    for p in chunks:
+    assert 1 <= len(passages) < upload.chunk_count
+    for p in passages:
         assert p.source == "keeper.txt" and p.source_type == ingest_pb2.SOURCE_TYPE_TEXT_FILE
         assert p.document_title == upload.title
         assert p.text == body[p.start_offset : p.end_offset]
-    assert chunks[0].start_offset == 0 and chunks[-1].end_offset == len(body)
+    for before, after in itertools.pairwise(passages):
+        assert before.end_offset <= after.start_offset
+        assert body[before.end_offset : after.start_offset].strip() == ""
+    assert passages[0].start_offset == 0 and passages[-1].end_offset == len(body)
+    assert passages[0].chunk_index == 0
+    assert len(response.passages) == 1 + len(passages)
+
+
+async def test_top_k_passages_are_distinct_spans(stack):
+    """Neighbouring chunks that both match are one passage, and k passages are k spans."""
+    project, token = await new_project(stack)
+    topics = ["tides", "volcanoes", "glaciers", "comets", "bread", "chess", "bees", "reefs"]
+    body = " ".join(
+        f"Part {n} of the almanac says the {topics[n % len(topics)]} of the northern coast were "
+        f"recorded by the lighthouse keeper in the {n}th logbook."
+        for n in range(120)
+    )
+    upload = await ingest_text(stack, project.id, token, "Almanac", body)
+    assert upload.chunk_count >= 6
+    for mode in MODES:
+        response = await query(
+            stack, project.id, token, "the lighthouse keeper's logbook", top_k=4, mode=mode
+        )
+        spans = sorted((p.start_offset, p.end_offset) for p in response.passages)
+        assert len(spans) == 4, mode
+        for (_, end), (start, _) in itertools.pairwise(spans):
+            assert end <= start, (mode, spans)  # no two passages share any text
+        for p in response.passages:
+            assert p.text == body[p.start_offset : p.end_offset], mode
+        scores = [p.score for p in response.passages]
+        assert scores == sorted(scores, reverse=True)
 
 
 async def test_filters_min_score_timings_and_default_top_k(stack):

@@ -16,7 +16,7 @@ from retrieval.terms import MAX_TERM_CHARS, STOPWORDS, term_frequencies, terms
     [
         ("Hello, World!", ["hello", "world"]),
         ("hashlib.pbkdf2_hmac", ["hashlib", "pbkdf2_hmac", "pbkdf2", "hmac"]),
-        ("x = Value(3)", ["x", "value(", "value", "3"]),
+        ("x = Value(3)", ["x", "value(", "value", "valu", "3"]),
         ("pbkdf2_hmac(pw, salt)", ["pbkdf2_hmac(", "pbkdf2_hmac", "pbkdf2", "hmac", "pw", "salt"]),
         ("getUserName", ["getusername", "get", "user", "name"]),
         ("HTTPServer", ["httpserver", "http", "server"]),
@@ -30,7 +30,7 @@ def test_words_and_code_identifiers(text: str, expected: list[str]) -> None:
 
 
 def test_stopwords_are_dropped_from_plain_words_only() -> None:
-    assert terms("The keys of the project are in the store") == ["keys", "project", "store"]
+    assert terms("The keys of the project are in the store") == ["keys", "key", "project", "store"]
     assert terms("is(x) and the_end") == ["is(", "is", "x", "the_end", "end"]
 
 
@@ -39,7 +39,7 @@ def test_stopwords_are_dropped_from_plain_words_only() -> None:
     [
         ("ＰＹＴＨＯＮ", ["python"]),  # full-width letters (NFKC)
         ("ﬁle", ["file"]),  # ligature (NFKC)
-        ("Straße STRASSE", ["strasse", "strasse"]),  # case folding
+        ("Straße STRASSE", ["strasse", "strass", "strasse", "strass"]),  # case folding
         ("café cafe\u0301", ["café", "café"]),  # composed and decomposed accents
         ("हिन्दी भाषा", ["हिन्दी", "भाषा"]),  # combining vowel signs stay in the word
         ("Ελληνικά Русский", ["ελληνικά", "русский"]),
@@ -59,8 +59,17 @@ def test_blobs_longer_than_the_limit_are_not_terms() -> None:
 
 def test_term_frequencies_count_repeats_in_first_appearance_order() -> None:
     frequencies = term_frequencies("Keys rotate. The KEYS rotate; rotate(keys)")
-    assert frequencies == {"keys": 3, "rotate": 3, "rotate(": 1}
-    assert list(frequencies) == ["keys", "rotate", "rotate("]
+    assert frequencies == {"keys": 3, "key": 3, "rotate": 3, "rotat": 3, "rotate(": 1}
+    assert list(frequencies) == ["keys", "key", "rotate", "rotat", "rotate("]
+
+
+def test_plain_words_also_give_their_stem_so_inflections_meet() -> None:
+    assert terms("locking flushes") == ["locking", "lock", "flushes", "flush"]
+    assert set(terms("How is locking done?")) & set(terms("the table lock")) == {"lock"}
+    # Identifiers, their parts and short words are kept as they are.
+    assert terms("pg_locks getRunningJobs runs") == [
+        "pg_locks", "pg", "locks", "getrunningjobs", "get", "running", "jobs", "runs", "run"
+    ]  # fmt: skip
 
 
 def test_query_and_document_terms_meet() -> None:

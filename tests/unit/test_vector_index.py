@@ -519,9 +519,11 @@ async def test_hybrid_second_in_both_lists_beats_first_in_only_one(index: Vector
 
     fused = await index.search_hybrid(E0, query, where, 10)
     assert [name[c] for c in ids(fused)] == ["X", "Z", "Y", "W1", "W2"]
-    assert fused[0].score == pytest.approx(2 / (RRF_K + 2))
-    assert fused[1].score == pytest.approx(1 / (RRF_K + 1) + 1 / (RRF_K + 5))
-    assert fused[2].score == pytest.approx(1 / (RRF_K + 1))
+    # Scores are shares of the best possible fused score, 2 / (RRF_K + 1).
+    best = 2 / (RRF_K + 1)
+    assert fused[0].score == pytest.approx(2 / (RRF_K + 2) / best)
+    assert fused[1].score == pytest.approx((1 / (RRF_K + 1) + 1 / (RRF_K + 5)) / best)
+    assert fused[2].score == pytest.approx(1 / (RRF_K + 1) / best)
     top = await index.search_hybrid(E0, query, where, 2)
     assert [name[c] for c in ids(top)] == ["X", "Z"]
 
@@ -542,14 +544,16 @@ async def test_hybrid_weights_and_fusion_methods(index: VectorIndex) -> None:
     # Keyword weighted 3x: Z's keyword lead now outweighs X's two second places.
     weighted = await index.search_hybrid(E0, query, where, 10, weights=(1.0, 3.0))
     assert [name[c] for c in ids(weighted)] == ["Z", "X", "Y", "W1", "W2"]
-    assert weighted[0].score == pytest.approx(1 / (RRF_K + 5) + 3 / (RRF_K + 1))
-    assert weighted[1].score == pytest.approx(4 / (RRF_K + 2))
+    best = 4 / (RRF_K + 1)
+    assert weighted[0].score == pytest.approx((1 / (RRF_K + 5) + 3 / (RRF_K + 1)) / best)
+    assert weighted[1].score == pytest.approx(4 / (RRF_K + 2) / best)
     dbsf = await index.search_hybrid(E0, query, where, 10, fusion="dbsf")
     assert {name[c] for c in ids(dbsf)} == set(layout)
-    assert all(0.0 <= h.score <= 2.0 for h in dbsf)
+    assert all(0.0 <= h.score <= 1.0 for h in dbsf)
     # No keyword terms: the dense ranking alone.
     empty = await index.search_hybrid(E0, SparseTerms([], []), where, 10)
     assert [name[c] for c in ids(empty)] == ["Y", "X", "W1", "W2", "Z"]
+    assert empty[0].score == pytest.approx(1.0)  # the top of the only search made
     with pytest.raises(ValueError, match="unknown fusion"):
         await index.search_hybrid(E0, query, where, 10, fusion="max")
     with pytest.raises(ValueError, match="weight"):

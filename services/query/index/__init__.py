@@ -12,11 +12,19 @@ from __future__ import annotations
 import os
 
 from services.query.index.base import (
+    VectorIndex,
+)
+from services.query.index.bm25 import (
+    Bm25Params,
+)
+from services.query.index.fusion import (
+    fuse,
+)
+from services.query.index.types import (
     DENSE_DIM,
     DENSE_VECTOR,
     RRF_K,
     SPARSE_VECTOR,
-    Bm25Params,
     Fusion,
     Hit,
     IndexLockedError,
@@ -26,9 +34,7 @@ from services.query.index.base import (
     SearchFilter,
     SparseTerms,
     StoredChunk,
-    VectorIndex,
     VectorIndexError,
-    fuse,
 )
 
 __all__ = [

@@ -20,16 +20,20 @@ import contextlib
 import itertools
 import logging
 import os
-import pickle
-import struct
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from services.query.index.base import (
-    DENSE_DIM,
+    VectorIndex,
+)
+from services.query.index.bm25 import (
     Bm25Params,
+)
+from services.query.index.framing import encode, read_frame
+from services.query.index.types import (
+    DENSE_DIM,
     Fusion,
     Hit,
     IndexLockedError,
@@ -37,7 +41,6 @@ from services.query.index.base import (
     PreparedPoint,
     SearchFilter,
     StoredChunk,
-    VectorIndex,
     VectorIndexError,
     VectorQuery,
 )
@@ -46,7 +49,6 @@ log = logging.getLogger(__name__)
 
 HOST_MODULE = "services.query.index.edge_host"
 REPO_ROOT = Path(__file__).resolve().parents[3]
-HEADER = struct.Struct(">Q")
 CLOSE_TIMEOUT = 60.0
 
 
@@ -55,16 +57,6 @@ def _error(kind_and_message: tuple[str, str]) -> VectorIndexError:
     if kind == "locked":
         return IndexLockedError(message)
     return VectorIndexError(message)
-
-
-def _frame(message: object) -> bytes:
-    body = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    return HEADER.pack(len(body)) + body
-
-
-async def _read_frame(stream: asyncio.StreamReader) -> Any:
-    (length,) = HEADER.unpack(await stream.readexactly(HEADER.size))
-    return pickle.loads(await stream.readexactly(length))  # noqa: S301 — our own child's pipe
 
 
 class _Host:
@@ -91,7 +83,7 @@ class _Host:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.pending[request_id] = future
         try:
-            self.stdin.write(_frame((request_id, op, args)))
+            self.stdin.write(encode((request_id, op, args)))
             await self.stdin.drain()
         except (ConnectionError, RuntimeError) as error:
             self.pending.pop(request_id, None)
@@ -104,7 +96,7 @@ class _Host:
     async def _read_replies(self) -> None:
         try:
             while True:
-                request_id, ok, result = await _read_frame(self.stdout)
+                request_id, ok, result = await read_frame(self.stdout)
                 future = self.pending.get(request_id)
                 if future is None or future.done():
                     continue
@@ -208,6 +200,9 @@ class EdgeVectorIndex(VectorIndex):
         """Points, segments, payload indexes and optimiser runs of the shard."""
         return dict(await self._call("stats"))
 
+    async def points(self) -> int | None:
+        return int((await self.stats())["points"])
+
     async def close(self) -> None:
         if self._closed:
             return
@@ -308,7 +303,7 @@ class EdgeVectorIndex(VectorIndex):
         )
         try:
             assert proc.stdout is not None
-            _, ok, problem = await asyncio.wait_for(_read_frame(proc.stdout), self.start_timeout)
+            _, ok, problem = await asyncio.wait_for(read_frame(proc.stdout), self.start_timeout)
         except (asyncio.IncompleteReadError, TimeoutError):
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()

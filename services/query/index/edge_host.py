@@ -7,12 +7,11 @@ Here it only makes index requests wait. `EdgeVectorIndex` starts this process, a
 only process that opens the directory: it takes an exclusive lock on `<path>/LOCK` first and
 refuses to start while another process holds it.
 
-Protocol: frames on stdin/stdout, each an 8-byte big-endian length and a pickle of
-`(request_id, op, args)`; replies are `(request_id, ok, result)`, with `result` a
-`(kind, message)` pair when `ok` is false. Requests run one at a time, in order. The peer is
-our own parent, which started us with pipes only it holds. Anything else written to stdout
-(stray prints) is sent to stderr so it cannot corrupt the protocol. When stdin closes — the
-parent exited or died — the shard is flushed and closed and the process exits.
+Protocol: frames on stdin/stdout, as `framing` defines them. Requests run one at a time, in
+order. The peer is our own parent, which started us with pipes only it holds. Anything else
+written to stdout (stray prints) is sent to stderr so it cannot corrupt the protocol. When
+stdin closes — the parent exited or died — the shard is flushed and closed and the process
+exits.
 
 HNSW graphs are built by the shard's optimizer, which only runs when asked. After updates it
 runs here, between requests: once no request has arrived for `--optimize-idle` seconds, or,
@@ -29,10 +28,7 @@ import errno
 import fcntl
 import logging
 import os
-import pickle
-import select
 import signal
-import struct
 import sys
 import time
 from collections.abc import Callable
@@ -41,7 +37,16 @@ from typing import Any
 
 import qdrant_edge as qe
 
-from services.query.index.base import (
+from services.query.index.codec import (
+    hit,
+    stored_chunk,
+)
+from services.query.index.framing import FrameReader, decode, write_frame
+from services.query.index.fusion import (
+    fuse,
+    hits_in_order,
+)
+from services.query.index.types import (
     DENSE_VECTOR,
     SPARSE_VECTOR,
     Fusion,
@@ -51,15 +56,10 @@ from services.query.index.base import (
     SearchFilter,
     StoredChunk,
     VectorQuery,
-    fuse,
-    hit,
-    hits_in_order,
-    stored_chunk,
 )
 
 log = logging.getLogger("services.query.index.edge_host")
 
-HEADER = struct.Struct(">Q")
 LOCK_FILE = "LOCK"
 SHARD_DIR = "shard"
 UPSERT_BATCH = 512
@@ -290,49 +290,6 @@ MUTATING = frozenset({"upsert", "delete"})
 
 
 # ---------------------------------------------------------------------------------------------
-# Framing.
-
-
-class FrameReader:
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self.buffer = bytearray()
-
-    def _complete(self) -> bool:
-        if len(self.buffer) < HEADER.size:
-            return False
-        (length,) = HEADER.unpack_from(self.buffer)
-        return len(self.buffer) >= HEADER.size + length
-
-    def wait(self, timeout: float | None) -> bool:
-        """True when a frame (or EOF) can be read now; False after `timeout` idle seconds."""
-        if self._complete():
-            return True
-        ready, _, _ = select.select([self.fd], [], [], timeout)
-        return bool(ready)
-
-    def read(self) -> bytes | None:
-        """The next frame, or None at end of input."""
-        while not self._complete():
-            data = os.read(self.fd, 1 << 20)
-            if not data:
-                return None
-            self.buffer += data
-        (length,) = HEADER.unpack_from(self.buffer)
-        frame = bytes(self.buffer[HEADER.size : HEADER.size + length])
-        del self.buffer[: HEADER.size + length]
-        return frame
-
-
-def write_frame(fd: int, message: object) -> None:
-    body = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    view = memoryview(HEADER.pack(len(body)) + body)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
-
-
-# ---------------------------------------------------------------------------------------------
 # Main loop.
 
 
@@ -385,7 +342,7 @@ def serve(
             frame = reader.read()
             if frame is None:
                 break
-            request_id, op, args = pickle.loads(frame)  # noqa: S301 — our parent's pipe
+            request_id, op, args = decode(frame)
             if op == "close":
                 close_request = request_id
                 break

@@ -29,10 +29,23 @@ from qdrant_client import AsyncQdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from services.query.index.base import (
+    VectorIndex,
+)
+from services.query.index.bm25 import (
+    Bm25Params,
+)
+from services.query.index.codec import (
+    hit,
+    stored_chunk,
+)
+from services.query.index.fusion import (
+    fuse,
+    hits_in_order,
+)
+from services.query.index.types import (
     DENSE_DIM,
     DENSE_VECTOR,
     SPARSE_VECTOR,
-    Bm25Params,
     Fusion,
     Hit,
     IndexUnavailableError,
@@ -40,13 +53,8 @@ from services.query.index.base import (
     ScoredId,
     SearchFilter,
     StoredChunk,
-    VectorIndex,
     VectorIndexError,
     VectorQuery,
-    fuse,
-    hit,
-    hits_in_order,
-    stored_chunk,
 )
 
 log = logging.getLogger(__name__)
@@ -285,6 +293,12 @@ class ServerVectorIndex(VectorIndex):
                 points_selector=models.FilterSelector(filter=server_filter(where)),
                 wait=True,
             )
+
+    async def points(self) -> int | None:
+        await self._ensure_collection()
+        with _translate_errors():
+            info = await self.client.get_collection(self.collection)
+        return info.points_count
 
     async def _count(self, where: SearchFilter) -> int:
         await self._ensure_collection()
