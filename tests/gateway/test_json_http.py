@@ -440,6 +440,26 @@ def test_request_size_limit_holds_for_json(api):
     assert response.status_code == 413, response.text[:200]
 
 
+def test_an_upload_above_the_default_limit_reaches_ingest(api, project):
+    """IngestDocument's route takes files up to 50 MB (base64 in JSON): a 6 MiB upload passes
+    the gateway and is judged by the service (here refused for its extension)."""
+    response = api.call(
+        "IngestService/IngestDocument",
+        "POST",
+        f"/v1/projects/{project['id']}/documents",
+        headers={"x-unlock-token": project["token"]},
+        json={
+            "file": {
+                "filename": "big.docx",
+                "content": base64.b64encode(b"x" * (6 * 1024 * 1024)).decode(),
+            }
+        },
+    )
+    assert response.status_code == 400, response.text[:300]
+    (details,) = response.json()["details"]
+    assert [v["field"] for v in details["fieldViolations"]] == ["file.filename"]
+
+
 def test_over_the_unlock_limit_is_a_429_saying_when_to_retry(stack, project):
     """From an address of its own (limits are per client address)."""
     api = Api(f"http://127.0.0.1:{stack.gateway_port}", source="127.0.0.42")
