@@ -19,9 +19,12 @@ from pathlib import Path
 import grpc
 import psycopg
 
+from contextcache.internal.v1 import crypto_pb2 as internal_pb2
+from contextcache.internal.v1 import crypto_pb2_grpc as internal_grpc
 from contextcache.v1 import crypto_pb2, crypto_pb2_grpc
 from runtime.config import Settings
 from runtime.server import Server
+from runtime.tls import workload_identity
 from services.crypto.app import CryptoApp
 from services.crypto.config import CryptoConfig
 
@@ -41,24 +44,32 @@ async def bench(database_url: str, data_dir: Path, label: str, full: bool) -> No
     server = Server(CryptoApp(settings, config))
     port = await server.start(host="127.0.0.1", port=0)
     options = [("grpc.max_receive_message_length", 64 << 20)]
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options)
-    stub = crypto_pb2_grpc.CryptoServiceStub(channel)
+
+    def channel_as(identity: str) -> grpc.aio.Channel:
+        """Mutual TLS as the workload that makes these calls in production."""
+        credentials = workload_identity(settings, identity).channel_credentials()
+        return grpc.aio.secure_channel(f"127.0.0.1:{port}", credentials, options=options)
+
+    channels = {name: channel_as(name) for name in ("projects", "ingest", "operator")}
+    keyrings = internal_grpc.CryptoInternalServiceStub(channels["projects"])
+    content = internal_grpc.CryptoInternalServiceStub(channels["ingest"])
+    stub = crypto_pb2_grpc.CryptoServiceStub(channels["operator"])
     try:
         project_id = str(uuid.uuid4())
         keyring = (
-            await stub.CreateKeyring(
-                crypto_pb2.CreateKeyringRequest(project_id=project_id, passphrase=PASSPHRASE)
+            await keyrings.CreateKeyring(
+                internal_pb2.CreateKeyringRequest(project_id=project_id, passphrase=PASSPHRASE)
             )
         ).keyring
-        unlock = crypto_pb2.OpenKeyringRequest(
+        unlock = internal_pb2.OpenKeyringRequest(
             project_id=project_id, keyring=keyring, passphrase=PASSPHRASE
         )
-        metadata = (("x-unlock-token", (await stub.OpenKeyring(unlock)).unlock_token),)
+        metadata = (("x-unlock-token", (await keyrings.OpenKeyring(unlock)).unlock_token),)
         if full:
             latencies = []
             for _ in range(5):
                 started = time.perf_counter()
-                await stub.OpenKeyring(unlock)
+                await keyrings.OpenKeyring(unlock)
                 latencies.append(time.perf_counter() - started)
             print(
                 f"unlock (OpenKeyring, Argon2id m={config.argon2_memory_kib} KiB "
@@ -66,24 +77,24 @@ async def bench(database_url: str, data_dir: Path, label: str, full: bool) -> No
                 f"p50 {statistics.median(latencies) * 1000:.0f} ms over {len(latencies)} runs"
             )
             payload = [
-                crypto_pb2.CryptoItem(data=os.urandom(ITEM_BYTES), associated_data=b"doc:%d" % i)
+                internal_pb2.CryptoItem(data=os.urandom(ITEM_BYTES), associated_data=b"doc:%d" % i)
                 for i in range(ITEMS)
             ]
-            request = crypto_pb2.EncryptBatchRequest(project_id=project_id, items=payload)
+            request = internal_pb2.EncryptBatchRequest(project_id=project_id, items=payload)
             started = time.perf_counter()
             for _ in range(ROUNDS):
-                ciphertexts = (await stub.EncryptBatch(request, metadata=metadata)).ciphertexts
+                ciphertexts = (await content.EncryptBatch(request, metadata=metadata)).ciphertexts
             encrypt_s = time.perf_counter() - started
-            decrypt = crypto_pb2.DecryptBatchRequest(
+            decrypt = internal_pb2.DecryptBatchRequest(
                 project_id=project_id,
                 items=[
-                    crypto_pb2.CryptoItem(data=c, associated_data=p.associated_data)
+                    internal_pb2.CryptoItem(data=c, associated_data=p.associated_data)
                     for c, p in zip(ciphertexts, payload, strict=True)
                 ],
             )
             started = time.perf_counter()
             for _ in range(ROUNDS):
-                await stub.DecryptBatch(decrypt, metadata=metadata)
+                await content.DecryptBatch(decrypt, metadata=metadata)
             decrypt_s = time.perf_counter() - started
             megabytes = ITEMS * ITEM_BYTES * ROUNDS / 1e6
             print(
@@ -94,7 +105,7 @@ async def bench(database_url: str, data_dir: Path, label: str, full: bool) -> No
                 f"DecryptBatch ({ITEMS} x {ITEM_BYTES} B items per call): "
                 f"{megabytes / decrypt_s:.1f} MB/s, {ITEMS * ROUNDS / decrypt_s:,.0f} items/s"
             )
-        append = crypto_pb2.AppendAuditEventRequest(
+        append = internal_pb2.AppendAuditEventRequest(
             project_id=project_id,
             type=crypto_pb2.AUDIT_EVENT_TYPE_DOCUMENT_INGESTED,
             actor="bench",
@@ -103,11 +114,11 @@ async def bench(database_url: str, data_dir: Path, label: str, full: bool) -> No
         count = 300
         started = time.perf_counter()
         for _ in range(count):
-            await stub.AppendAuditEvent(append, metadata=metadata)
+            await content.AppendAuditEvent(append, metadata=metadata)
         sequential = count / (time.perf_counter() - started)
         started = time.perf_counter()
         await asyncio.gather(
-            *(stub.AppendAuditEvent(append, metadata=metadata) for _ in range(count))
+            *(content.AppendAuditEvent(append, metadata=metadata) for _ in range(count))
         )
         concurrent = count / (time.perf_counter() - started)
         verify = crypto_pb2.VerifyAuditChainRequest(project_id=project_id)
@@ -121,7 +132,8 @@ async def bench(database_url: str, data_dir: Path, label: str, full: bool) -> No
             f"(valid={result.valid})"
         )
     finally:
-        await channel.close()
+        for channel in channels.values():
+            await channel.close()
         await server.stop(0)
 
 

@@ -42,6 +42,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.gateway_load import RAISED, free_port, raised_rules  # noqa: E402
+from contextcache.internal.v1 import query_pb2 as query_internal_pb2  # noqa: E402
+from contextcache.internal.v1 import query_pb2_grpc as query_internal_pb2_grpc  # noqa: E402
 from contextcache.v1 import (  # noqa: E402
     ingest_pb2,
     projects_pb2,
@@ -55,6 +57,7 @@ from retrieval.terms import term_frequencies  # noqa: E402
 from runtime.config import Settings  # noqa: E402
 from runtime.gateway import envoy_command, render  # noqa: E402
 from runtime.stack import ready  # noqa: E402
+from runtime.tls import workload_identity  # noqa: E402
 from services.ingest.pipeline.extract import extract_pdf  # noqa: E402
 from services.query.index import DENSE_DIM  # noqa: E402
 from services.query.index.edge import EdgeVectorIndex  # noqa: E402
@@ -110,8 +113,10 @@ QUESTIONS = [
 class Processes:
     """The stack's processes, each startable and stoppable on its own."""
 
-    def __init__(self, work: Path, env: dict[str, str]) -> None:
+    def __init__(self, work: Path, env: dict[str, str], settings: Settings) -> None:
         self.env = env
+        # Service ports speak mutual TLS: the development CA under DATA_DIR/tls (made here).
+        self.operator = workload_identity(settings, "operator")
         self.log = (work / "processes.log").open("ab")
         self.running: dict[str, subprocess.Popen[bytes]] = {}
 
@@ -124,7 +129,7 @@ class Processes:
         )
         if port is not None:
             deadline = time.monotonic() + 120
-            while not ready(port):
+            while not ready(port, self.operator):
                 if self.running[name].poll() is not None or time.monotonic() > deadline:
                     raise SystemExit(f"{name} did not start; see {self.log.name}")
                 time.sleep(0.2)
@@ -159,7 +164,6 @@ class Bench:
             ARGON2_TIME_COST="1",
             LOG_LEVEL="WARNING",
         )
-        self.processes = Processes(work, env)
         rules = raised_rules(work)
         self.settings = Settings(
             data_dir=work / "var",
@@ -170,9 +174,17 @@ class Bench:
             gateway_health_check_interval=1,
             **{k.lower(): v for k, v in addresses.items()},
         )
+        self.processes = Processes(work, env, self.settings)
         self.ratelimit_env = {"RATELIMIT_RULES": str(rules)}
         self.direct = f"127.0.0.1:{self.ports['query']}"
         self.gateway = f"127.0.0.1:{self.settings.gateway_port}"
+
+    def channel(self, target: str, identity: str = "operator", **kwargs) -> grpc.aio.Channel:
+        """The gateway in plaintext, a service port over mutual TLS as `identity`."""
+        if target == self.gateway:
+            return grpc.aio.insecure_channel(target, **kwargs)
+        credentials = workload_identity(self.settings, identity).channel_credentials()
+        return grpc.aio.secure_channel(target, credentials, **kwargs)
 
     def start(self) -> None:
         python = sys.executable
@@ -221,7 +233,7 @@ class Corpus:
         self.project_id = project_id
         self.texts = passages()
         self.rng = np.random.default_rng(7)
-        self.sparse: list[query_pb2.SparseVector] = []
+        self.sparse: list[query_internal_pb2.SparseVector] = []
         self.documents: list[str] = []
         self.created = Timestamp()
         self.created.GetCurrentTime()
@@ -235,10 +247,12 @@ class Corpus:
                 merged[ids[term]] = merged.get(ids[term], 0.0) + count
             ordered = sorted(merged)
             self.sparse.append(
-                query_pb2.SparseVector(indices=ordered, values=[merged[i] for i in ordered])
+                query_internal_pb2.SparseVector(
+                    indices=ordered, values=[merged[i] for i in ordered]
+                )
             )
 
-    async def chunks(self, start: int, stop: int) -> list[query_pb2.IndexedChunk]:
+    async def chunks(self, start: int, stop: int) -> list[query_internal_pb2.IndexedChunk]:
         first_document = start // CHUNKS_PER_DOCUMENT
         last_document = (stop - 1) // CHUNKS_PER_DOCUMENT
         while len(self.documents) <= last_document:
@@ -278,7 +292,7 @@ class Corpus:
         vectors = self.rng.standard_normal((stop - start, DENSE_DIM)).astype(np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         return [
-            query_pb2.IndexedChunk(
+            query_internal_pb2.IndexedChunk(
                 chunk_id=chunk_id(self.project_id, document, index),
                 document_id=document,
                 chunk_index=index,
@@ -300,10 +314,10 @@ class Corpus:
 
 
 async def measure(
-    target: str, project_id: str, metadata, mode: int, clients: int, requests: int
+    bench: Bench, target: str, project_id: str, metadata, mode: int, clients: int, requests: int
 ) -> tuple[np.ndarray, float, list[query_pb2.QueryTimings]]:
     """Latencies (ms) of `requests` queries from `clients` connections, and queries/s."""
-    channels = [grpc.aio.insecure_channel(target) for _ in range(clients)]
+    channels = [bench.channel(target) for _ in range(clients)]
     stubs = [query_pb2_grpc.QueryServiceStub(c) for c in channels]
     rng = np.random.default_rng(11)
     order = [QUESTIONS[i] for i in rng.integers(0, len(QUESTIONS), size=requests)]
@@ -343,7 +357,7 @@ async def measure(
 
 async def wait_for_gateway(bench: Bench, project_id: str, metadata) -> None:
     """Until Envoy routes queries to the (re)started query service."""
-    async with grpc.aio.insecure_channel(bench.gateway) as channel:
+    async with bench.channel(bench.gateway) as channel:
         stub = query_pb2_grpc.QueryServiceStub(channel)
         deadline = time.monotonic() + 60
         while True:
@@ -369,7 +383,7 @@ async def run(args: argparse.Namespace) -> None:
     bench = Bench(work, args.mode)
     try:
         bench.start()
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{bench.ports['projects']}") as channel:
+        async with bench.channel(f"127.0.0.1:{bench.ports['projects']}") as channel:
             projects = projects_pb2_grpc.ProjectServiceStub(channel)
             project = (
                 await projects.CreateProject(
@@ -384,11 +398,13 @@ async def run(args: argparse.Namespace) -> None:
                 return (("x-unlock-token", response.unlock_token),)
 
             metadata = await unlock()
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{bench.ports['crypto']}") as crypto:
-                from contextcache.v1 import crypto_pb2_grpc
+            # Chunks are encrypted and indexed as the ingest service does it.
+            crypto_target = f"127.0.0.1:{bench.ports['crypto']}"
+            async with bench.channel(crypto_target, "ingest") as crypto:
+                from contextcache.internal.v1 import crypto_pb2_grpc
 
                 cipher = ContentCipher(
-                    crypto_pb2_grpc.CryptoServiceStub(crypto), project.id, metadata[0][1]
+                    crypto_pb2_grpc.CryptoInternalServiceStub(crypto), project.id, metadata[0][1]
                 )
                 corpus = Corpus(cipher, project.id)
                 await corpus.prepare()
@@ -400,14 +416,19 @@ async def run(args: argparse.Namespace) -> None:
                 indexed = 0
                 for size in args.sizes:
                     began = time.perf_counter()
-                    async with grpc.aio.insecure_channel(
-                        bench.direct, options=[("grpc.max_send_message_length", 64 << 20)]
+                    async with bench.channel(
+                        bench.direct,
+                        "ingest",
+                        options=[("grpc.max_send_message_length", 64 << 20)],
                     ) as query_channel:
-                        stub = query_pb2_grpc.QueryServiceStub(query_channel)
+                        stub = query_internal_pb2_grpc.QueryInternalServiceStub(query_channel)
                         for start in range(indexed, size, BATCH):
                             chunks = await corpus.chunks(start, min(size, start + BATCH))
                             await stub.IndexChunks(
-                                query_pb2.IndexChunksRequest(project_id=project.id, chunks=chunks),
+                                query_internal_pb2.IndexChunksRequest(
+                                    project_id=project.id, chunks=chunks
+                                ),
+                                metadata=metadata,
                                 timeout=300,
                             )
                     filled = time.perf_counter() - began
@@ -429,7 +450,13 @@ async def run(args: argparse.Namespace) -> None:
                     for label, target in (("direct", bench.direct), ("envoy", bench.gateway)):
                         for clients in (1, 8):
                             samples, rate, timings = await measure(
-                                target, project.id, metadata, bench.mode, clients, args.requests
+                                bench,
+                                target,
+                                project.id,
+                                metadata,
+                                bench.mode,
+                                clients,
+                                args.requests,
                             )
                             p50, p95, p99 = np.percentile(samples, [50, 95, 99])
                             print(

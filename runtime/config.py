@@ -152,9 +152,20 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _known_database(cls, value: str | None) -> str | None:
-        if value and not value.startswith(("postgresql", "sqlite")):
-            raise ValueError("must be a postgresql:// or sqlite:// URL")
-        return value
+        """The forms a user will paste: postgres://, postgresql://, postgresql+psycopg://
+        (psycopg 3 is the driver) and sqlite://; other drivers are refused here, with a
+        message, rather than failing with an import error at start."""
+        if not value:
+            return value
+        scheme = value.split("://", 1)[0].lower() if "://" in value else ""
+        if scheme in ("postgres", "postgresql", "postgresql+psycopg", "sqlite", "sqlite+aiosqlite"):
+            return value
+        if scheme.startswith(("postgresql+", "postgres+")):
+            raise ValueError(
+                f"the {scheme.partition('+')[2]} driver is not supported: use postgresql:// "
+                "(ContextCache connects with psycopg 3)"
+            )
+        raise ValueError("must be a postgresql:// (or postgres://) or sqlite:// URL")
 
     @field_validator("redis_url")
     @classmethod

@@ -54,7 +54,7 @@ def database_url(settings: Settings, service: ServiceName) -> str:
     if not url:
         path = settings.data_dir / f"{service.value}.db"
         return f"sqlite+aiosqlite:///{path}"
-    if url.startswith(("postgresql://", "postgres://")):
+    if url.startswith(("postgresql://", "postgres://", "postgresql+psycopg://")):
         return "postgresql+psycopg://" + url.split("://", 1)[1]
     if url.startswith("sqlite://"):
         return "sqlite+aiosqlite://" + url.split("://", 1)[1]

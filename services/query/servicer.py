@@ -273,12 +273,15 @@ class QueryIndexServicer(query_internal_pb2_grpc.QueryInternalServiceServicer):
     async def IndexChunks(self, request, context):
         # Content enters the index only under a token: the document's job token (bound to
         # that document) or the project's unlock token (ReindexProject).
+        # A job token writes its own document's chunks only; an unlock token, any of its
+        # project's (ReindexProject).
         documents = {c.document_id for c in request.chunks}
-        if len(documents) != 1:
-            raise InvalidArgument.for_field("chunks", "All chunks must be of one document")
-        await self.tokens.authorize(
-            context, request.project_id, scopes=ANY_SCOPE, document_id=documents.pop()
-        )
+        if len(documents) == 1:
+            await self.tokens.authorize(
+                context, request.project_id, scopes=ANY_SCOPE, document_id=documents.pop()
+            )
+        else:
+            await self.tokens.authorize(context, request.project_id)
         points = [
             IndexPoint(
                 chunk_id=c.chunk_id,
