@@ -102,6 +102,9 @@ class Settings(BaseSettings):
     gateway_health_check_interval: float = Field(default=5.0, gt=0, le=300)
     # Envoy-wide token bucket (requests per second) that holds if the ratelimit service is down.
     gateway_local_rate_limit: int = Field(default=200, ge=1)
+    # The descriptor set Envoy's gRPC-JSON transcoder reads (`make protos` builds it; in
+    # Kubernetes the envoy-config ConfigMap ships it, k8s/README.md).
+    gateway_descriptor: Path = REPO_ROOT / "build" / "gateway.binpb"
 
     # Web console (runtime/console.py): its port (PORT overrides), the built app it serves and
     # the gateway URL it gives browsers ("/" = same origin; unset = the gateway port on the
