@@ -16,6 +16,13 @@ PROTO_FILES := $(wildcard protos/contextcache/v1/*.proto) $(wildcard protos/cont
 RLS_PROTO_FILES := $(wildcard protos/envoy_rls/*.proto)
 VALIDATE_DESC := build/protovalidate.binpb
 IMAGE := build/contextcache.binpb
+# googleapis' .proto files (google/api/annotations.proto, http.proto, google/rpc/*.proto) as
+# shipped by the installed googleapis-common-protos; evaluated only when a recipe runs.
+GOOGLEAPIS = $(shell $(PY) -c 'import pathlib, google.api.annotations_pb2 as m; print(pathlib.Path(m.__file__).parents[2])')
+# What Envoy's gRPC-JSON transcoder reads: the public services with their google.api.http
+# rules, and the google.rpc error details it turns into JSON (envoy/envoy.yaml).
+GATEWAY_DESC := build/gateway.binpb
+PUBLIC_PROTO_FILES := $(wildcard protos/contextcache/v1/*.proto)
 # The web console (web/): npm dependencies locked by web/package-lock.json; TypeScript
 # clients generated from the public protos into web/src/gen; the built app in web/dist.
 WEB := web
@@ -77,16 +84,25 @@ $(GEN)/.stamp: $(PROTO_FILES) $(RLS_PROTO_FILES) $(VALIDATE_DESC)
 	rm -rf $(GEN) && mkdir -p $(GEN)
 	$(PY) -m grpc_tools.protoc --descriptor_set_in=$(VALIDATE_DESC) --python_out=$(GEN) --pyi_out=$(GEN) \
 	  buf/validate/validate.proto
-	$(PY) -m grpc_tools.protoc --descriptor_set_in=$(VALIDATE_DESC) -Iprotos \
+	$(PY) -m grpc_tools.protoc --descriptor_set_in=$(VALIDATE_DESC) -Iprotos -I$(GOOGLEAPIS) \
 	  --python_out=$(GEN) --pyi_out=$(GEN) --grpc_python_out=$(GEN) $(PROTO_FILES:protos/%=%)
 	$(PY) -m grpc_tools.protoc -Iprotos \
 	  --python_out=$(GEN) --pyi_out=$(GEN) --grpc_python_out=$(GEN) $(RLS_PROTO_FILES:protos/%=%)
-	$(PY) -m grpc_tools.protoc --descriptor_set_in=$(VALIDATE_DESC) -Iprotos \
+	$(PY) -m grpc_tools.protoc --descriptor_set_in=$(VALIDATE_DESC) -Iprotos -I$(GOOGLEAPIS) \
 	  --include_imports --include_source_info -o $(IMAGE) $(PROTO_FILES:protos/%=%)
+	$(PY) -m grpc_tools.protoc --descriptor_set_in=$(VALIDATE_DESC) -Iprotos -I$(GOOGLEAPIS) \
+	  --include_imports -o $(GATEWAY_DESC) $(PUBLIC_PROTO_FILES:protos/%=%) google/rpc/error_details.proto
 	touch $@
 
 .PHONY: protos
 protos: $(GEN)/.stamp ## Generate Python messages, .pyi stubs and gRPC stubs into gen/
+
+# The OpenAPI document of the JSON API, committed (tests/unit/test_openapi.py fails while stale).
+docs/openapi.yaml: $(GEN)/.stamp tools/openapi.py
+	$(PY) tools/openapi.py $(IMAGE) > $@
+
+.PHONY: openapi
+openapi: docs/openapi.yaml ## Regenerate docs/openapi.yaml (JSON over HTTP) from the protos
 
 $(WEB)/node_modules/.installed: $(WEB)/package.json $(WEB)/package-lock.json
 	@command -v $(NPM) >/dev/null || { echo "The web console needs Node.js 20+ and npm (e.g. apt-get install nodejs npm)" >&2; exit 1; }

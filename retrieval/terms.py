@@ -30,6 +30,8 @@ from collections import Counter
 
 import Stemmer
 
+from retrieval.stream_safe import stream_safe
+
 
 def _mark_ranges() -> str:
     """A regex class body of the combining marks, which Python's \\w leaves out
@@ -133,7 +135,8 @@ def _plain_ascii(word: str) -> bool:
 def terms(text: str) -> list[str]:
     """Terms of `text` in order of appearance, repeated as often as they occur."""
     out: list[str] = []
-    text = _VARIATION_SELECTORS.sub("", unicodedata.normalize("NFKC", text))
+    # Stream-safe first: NFKC takes time quadratic in a run of combining marks.
+    text = _VARIATION_SELECTORS.sub("", unicodedata.normalize("NFKC", stream_safe(text)))
     for match in _WORD.finditer(text):
         word = match.group(0)
         is_call = match.group("call") is not None

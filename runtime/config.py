@@ -107,6 +107,9 @@ class Settings(BaseSettings):
     gateway_max_heap_mb: int = Field(default=384, ge=64, le=65536)
     gateway_max_connections: int = Field(default=10_000, ge=1, le=1_000_000)
     gateway_max_concurrent_uploads: int = Field(default=16, ge=1, le=10_000)
+    # The descriptor set Envoy's gRPC-JSON transcoder reads (`make protos` builds it; in
+    # Kubernetes the envoy-config ConfigMap ships it, k8s/README.md).
+    gateway_descriptor: Path = REPO_ROOT / "build" / "gateway.binpb"
 
     # Web console (runtime/console.py): its port (PORT overrides), the built app it serves and
     # the gateway URL it gives browsers ("/" = same origin; unset = the gateway port on the

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from runtime.config import REPO_ROOT, Settings, load_settings
-from runtime.protos import PUBLIC_METHODS
+from runtime.protos import PUBLIC_METHODS, SERVICE_NAMES
 from runtime.tls import CA_FILE, CERT_FILE, KEY_FILE, ensure_dev_pki
 from services.ratelimit.rules import load_rules
 
@@ -78,6 +78,8 @@ def substitutions(settings: Settings) -> dict[str, str]:
         "TLS_KEY": str(envoy_tls / KEY_FILE),
         "TLS_CA": str(envoy_tls / CA_FILE),
         **public_method_regexes(),
+        "TRANSCODER_DESCRIPTOR": str(settings.gateway_descriptor),
+        "TRANSCODER_SERVICES": json.dumps(list(SERVICE_NAMES)),
         "LISTEN_HOST": settings.gateway_host,
         "LISTEN_PORT": str(settings.gateway_port),
         "ADMIN_PORT": str(settings.gateway_admin_port),
@@ -111,6 +113,11 @@ def render(settings: Settings, path: Path | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     if settings.environment != "production":
         ensure_dev_pki(settings.tls_root)  # Envoy's certificate, from the development CA
+        if not settings.gateway_descriptor.exists():
+            raise FileNotFoundError(
+                f"{settings.gateway_descriptor} (the JSON transcoder's descriptor set) is"
+                " missing: run `make protos`"
+            )
     path.write_text(render_text(settings), encoding="utf-8")
     return path
 

@@ -251,6 +251,8 @@ def main() -> int:
             f"\nContextCache is running: gRPC and gRPC-Web on {gateway} (Envoy; admin "
             f"127.0.0.1:{settings.gateway_admin_port}).\n"
             f"Try: .venv/bin/grpcurl -plaintext {gateway} list    — Ctrl-C stops everything.\n"
+            f"JSON over HTTP on the same port: curl http://{gateway}/v1/projects "
+            f"(every route: docs/openapi.yaml).\n"
             f"Service ports speak mutual TLS; certificates (development CA) are in "
             f"{settings.tls_root}/<workload>/.\n",
             flush=True,

@@ -94,6 +94,7 @@ class IngestApp(ServiceApp):
 
     async def start(self) -> None:
         await self.open()
+        self.pipeline().text.start()  # spawns the text worker processes now, not at a request
         self.tokens.start()
         self.reaper = Reaper(
             self.store, self.queue, self.pipeline, self.settings.ingest_reaper_interval

@@ -42,7 +42,6 @@ from contextcache.v1 import crypto_pb2, ingest_pb2
 from retrieval.cipher import ContentCipher
 from retrieval.embeddings import Embedder
 from retrieval.sealing import associated_data, chunk_id
-from retrieval.terms import term_frequencies
 from runtime import metrics
 from runtime.background import cancel_and_wait
 from runtime.clients import calling
@@ -60,10 +59,9 @@ from services.ingest.pipeline.errors import (
     UnreadableDocument,
     UnsupportedContent,
 )
-from services.ingest.pipeline.extract import extract
-from services.ingest.pipeline.facts import extract_facts
 from services.ingest.pipeline.fetch import UrlFetcher
-from services.ingest.pipeline.normalize import content_hash, has_readable_text, normalize_text
+from services.ingest.pipeline.prepare import Prepared, prepare, prepare_text  # noqa: F401
+from services.ingest.pipeline.text_workers import ChunkTerms, TextWorkers, text_workers
 from services.ingest.status import DocumentStatus
 from services.ingest.store import DocumentStore
 
@@ -105,37 +103,6 @@ class Result:
     document: DocumentRow | None = None  # as completed (COMPLETED only)
 
 
-@dataclass(frozen=True)
-class Prepared:
-    """A document's text, ready to store: normalized, hashed and titled."""
-
-    text: str
-    content_hash: str
-    title: str
-
-
-def prepare(
-    content: bytes,
-    *,
-    filename: str | None = None,
-    content_type: str | None = None,
-    fallback_title: str = "",
-) -> Prepared:
-    """extract → normalize → hash. Raises IngestError for unusable content."""
-    extracted = extract(content, content_type=content_type, filename=filename)
-    return prepare_text(extracted.text, extracted.title or fallback_title)
-
-
-def prepare_text(text: str, title: str) -> Prepared:
-    normalized = normalize_text(text)
-    if not has_readable_text(normalized):
-        raise UnreadableDocument(
-            "The document contains no readable text (letters or digits). Check that it is "
-            "the right file."
-        )
-    return Prepared(normalized, content_hash(normalized), title.strip()[:500])
-
-
 class IngestionPipeline:
     def __init__(
         self,
@@ -147,6 +114,7 @@ class IngestionPipeline:
         chunker: Chunker | None = None,
         lease: timedelta = timedelta(seconds=60),
         max_attempts: int = 3,
+        text: TextWorkers | None = None,
         relay: AuditRelay | None = None,
         retry_backoff: Sequence[float] = RETRY_BACKOFF,
     ) -> None:
@@ -157,6 +125,8 @@ class IngestionPipeline:
         # Pooled: documents processed at the same time share model batches.
         self.embedder = embedder or Embedder()
         self._chunker = chunker
+        # The CPU-heavy text steps run in worker processes (see text_workers).
+        self.text = text or text_workers()
         self.lease = lease
         self.max_attempts = max_attempts
         # Delivers audit events right after their commit (None in a worker: the ingest
@@ -164,11 +134,10 @@ class IngestionPipeline:
         self.relay = relay
         self.retry_backoff = tuple(retry_backoff)
 
-    @property
-    def chunker(self) -> Chunker:
-        if self._chunker is None:
-            self._chunker = Chunker(self.embedder.max_tokens, overlap_tokens=32)
-        return self._chunker
+    async def _chunk(self, text: str) -> list[Chunk]:
+        if self._chunker is not None:  # a chunker of the caller's, run here
+            return await asyncio.to_thread(self._chunker.split, text)
+        return await self.text.chunk(text, self.embedder.max_tokens)
 
     async def redeem(self, job_grant: str) -> str:
         """The job token a stored grant stands for (crypto opens grants for ingest and its
@@ -409,14 +378,14 @@ class IngestionPipeline:
         else:
             text = payload
 
-        chunks = await asyncio.to_thread(self.chunker.split, text)
+        chunks = await self._chunk(text)
         hashes = [_sha256(c.text) for c in chunks]
         # The model embeds (in its thread, without the GIL) while this task does the rest of
         # the work that needs only the text: keyword terms, facts and encryption.
         embedding = asyncio.create_task(self._embed(document, [c.text for c in chunks], hashes))
         try:
-            sparse = await self._sparse(cipher, chunks)
-            facts = await asyncio.to_thread(extract_facts, text, chunks)
+            chunk_terms, facts = await self.text.terms_and_facts(text, chunks)
+            sparse = await self._sparse(cipher, chunk_terms)
             sealed = await cipher.encrypt(
                 [(c.text.encode(), associated_data("chunk", project, doc, c.index)) for c in chunks]
                 + [
@@ -485,8 +454,7 @@ class IngestionPipeline:
 
     async def _fetch(self, document: DocumentRow, cipher: ContentCipher, url: str) -> str:
         fetched = await self.fetcher.fetch(url)
-        prepared = await asyncio.to_thread(
-            prepare,
+        prepared = await self.text.prepare(
             fetched.content,
             content_type=fetched.content_type,
             filename=fetched.final_url.rsplit("/", 1)[-1],
@@ -544,19 +512,24 @@ class IngestionPipeline:
         return vectors
 
     async def _sparse(
-        self, cipher: ContentCipher, chunks: Sequence[Chunk]
-    ) -> list[tuple[list[int], list[float]]]:
-        """Keyword vectors: keyed term ids → term frequencies (one crypto call for all)."""
-        frequencies = [term_frequencies(c.text) for c in chunks]
-        vocabulary = list(dict.fromkeys(t for f in frequencies for t in f))
+        self, cipher: ContentCipher, chunk_terms: ChunkTerms
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Keyword vectors: keyed term ids (ascending) → term frequencies, one crypto call for
+        all. Vectorized, and yielding to the event loop now and then: a 10 MB document has
+        thousands of chunks and millions of terms."""
+        vocabulary = chunk_terms.vocabulary
         ids = await cipher.hash_terms(vocabulary) if vocabulary else {}
+        id_of = np.fromiter((ids[t] for t in vocabulary), dtype=np.uint32, count=len(vocabulary))
+        bounds, terms, counts = chunk_terms.bounds, chunk_terms.terms, chunk_terms.counts
         vectors = []
-        for counts in frequencies:
-            merged: dict[int, float] = {}
-            for term, count in counts.items():
-                merged[ids[term]] = merged.get(ids[term], 0.0) + count
-            ordered = sorted(merged)
-            vectors.append((ordered, [merged[i] for i in ordered]))
+        for i in range(len(chunk_terms)):
+            low, high = bounds[i], bounds[i + 1]
+            # Two terms may share a keyed id: their counts add up.
+            term_ids, inverse = np.unique(id_of[terms[low:high]], return_inverse=True)
+            weights = np.bincount(inverse, weights=counts[low:high], minlength=len(term_ids))
+            vectors.append((term_ids, weights.astype(np.float32)))
+            if i % 256 == 255:
+                await asyncio.sleep(0)
         return vectors
 
     async def fail(

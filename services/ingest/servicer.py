@@ -39,7 +39,7 @@ from runtime.outbox import AuditEvent, AuditRelay
 from runtime.paging import decode_cursor, encode_cursor, page_size
 from runtime.protos import INGEST_SERVICE, timestamp
 from runtime.tokens import TOKEN_METADATA_KEY, TokenVerifier
-from services.ingest.ingestion import IngestionPipeline, Outcome, Prepared, prepare, prepare_text
+from services.ingest.ingestion import IngestionPipeline, Outcome, Prepared
 from services.ingest.jobs import JobQueue
 from services.ingest.models import DocumentRow
 from services.ingest.pipeline.errors import IngestError
@@ -126,8 +126,9 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                         "file.content.utf8",
                     ) from None
             try:
-                prepared = await asyncio.to_thread(
-                    prepare, request.file.content, filename=name, fallback_title=name
+                # In a worker process: extraction and normalization are CPU-heavy.
+                prepared = await self.pipeline().text.prepare(
+                    request.file.content, filename=name, fallback_title=name
                 )
             except IngestError as error:
                 raise InvalidArgument.for_field("file.content", error.reason) from None
@@ -135,9 +136,11 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             return source_type, prepared, name, prepared.text
         if which == "text":
             body = request.text.body
-            title = request.text.title.strip() or body.strip().splitlines()[0][:80]
+            # The first line, read from a bounded prefix (the body may be 10 MB on one line).
+            first_line = (body.lstrip()[:1000].splitlines() or [""])[0]
+            title = request.text.title.strip() or first_line.strip()[:80]
             try:
-                prepared = prepare_text(body, title)
+                prepared = await self.pipeline().text.prepare_text(body, title)
             except IngestError as error:
                 raise InvalidArgument.for_field("text.body", error.reason) from None
             return ingest_pb2.SOURCE_TYPE_TEXT, prepared, "", prepared.text

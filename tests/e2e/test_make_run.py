@@ -69,6 +69,13 @@ def test_make_run_serves_through_envoy_and_stops_cleanly(stack_env):
             output.append(line)
             assert time.monotonic() < deadline, "".join(output)
 
+        assert f"JSON over HTTP on the same port: curl http://{gateway}/v1/projects " in "".join(
+            output
+        )
+        projects = httpx.get(f"http://{gateway}/v1/projects", timeout=10)
+        assert projects.status_code == 200, projects.text
+        assert "projects" in projects.json()
+
         console = f"http://127.0.0.1:{stack_env['CONSOLE_PORT']}"
         assert f"Web console: {console}\n" in output, "".join(output)
         assert "ContextCache console" in httpx.get(console, timeout=10).text

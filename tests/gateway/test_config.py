@@ -8,6 +8,7 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
+from google.protobuf.descriptor_pb2 import FileDescriptorSet
 
 from runtime.config import REPO_ROOT, Settings
 from runtime.gateway import envoy_command, render, render_text
@@ -30,6 +31,8 @@ K8S_GATEWAY = {
     "gateway_stats_port": 9090,
     "environment": "production",
     "tls_dir": "/etc/contextcache/tls",
+    # Shipped beside envoy.yaml in the envoy-config ConfigMap (k8s/gateway.binpb).
+    "gateway_descriptor": "/etc/envoy/gateway.binpb",
 }
 
 
@@ -67,9 +70,23 @@ def test_kubernetes_envoy_config_is_the_rendered_template(tmp_path):
     # Validated with certificates where the pod mounts its Secret (a development CA here).
     ensure_dev_pki(tmp_path / "tls")
     local = tmp_path / "envoy.yaml"
-    local.write_text(rendered.replace("/etc/contextcache/tls", str(tmp_path / "tls")))
+    local.write_text(
+        rendered.replace("/etc/contextcache/tls", str(tmp_path / "tls")).replace(
+            "/etc/envoy/gateway.binpb", str(K8S / "gateway.binpb")
+        )
+    )
     result = validate_envoy(local)
     assert result.returncode == 0, result.stderr + result.stdout
+
+
+def test_kubernetes_ships_the_transcoders_descriptor_of_these_protos():
+    """k8s/gateway.binpb (the envoy-config ConfigMap's binary key) is `make protos`' output."""
+    shipped, built = FileDescriptorSet(), FileDescriptorSet()
+    shipped.ParseFromString((K8S / "gateway.binpb").read_bytes())
+    built.ParseFromString(Settings().gateway_descriptor.read_bytes())
+    assert shipped == built, (
+        "k8s/gateway.binpb is stale: cp build/gateway.binpb k8s/ (see k8s/README.md)"
+    )
 
 
 def test_kustomization_builds_and_every_manifest_validates():

@@ -29,8 +29,11 @@ DATA = Path(__file__).resolve().parent.parent / "data"
 SPEECH = (DATA / "gettysburg.txt").read_text(encoding="utf-8")
 
 
-def build_pdf(pages: list[bytes], *, title: str | None = None, image: bool = False) -> bytes:
-    """A minimal, valid PDF: one content stream per page, Helvetica, optional 8x8 image."""
+def build_pdf(
+    pages: list[bytes], *, title: str | None = None, image: bool = False, compress: bool = False
+) -> bytes:
+    """A minimal, valid PDF: one content stream per page (Flate-compressed if `compress`),
+    Helvetica, optional 8x8 image."""
     objects: list[bytes] = []
 
     def add(body: bytes) -> int:
@@ -51,7 +54,9 @@ def build_pdf(pages: list[bytes], *, title: str | None = None, image: bool = Fal
         resources += f" /XObject << /Im1 {image_id} 0 R >>"
     kids = []
     for content in pages:
-        stream = add(b"<< /Length %d >>\nstream\n%s\nendstream" % (len(content), content))
+        data = zlib.compress(content, 9) if compress else content
+        flate = b" /Filter /FlateDecode" if compress else b""
+        stream = add(b"<< /Length %d%s >>\nstream\n%s\nendstream" % (len(data), flate, data))
         kids.append(
             add(
                 f"<< /Type /Page /Parent {pages_id} 0 R /MediaBox [0 0 612 792] "

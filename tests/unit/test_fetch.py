@@ -521,3 +521,18 @@ async def test_https_certificate_for_another_name_is_rejected(
     )
     with pytest.raises(FetchFailed, match="connect securely"):
         await fetcher.fetch(f"https://tls.example.test:{srv.server_address[1]}/host")
+
+
+def test_content_decoding_never_inflates_more_than_it_is_asked_for() -> None:
+    """A bomb decoded in bounded steps: httpx inflated each received piece whole (100 MB from
+    one 100 KB piece, on the event loop)."""
+    from services.ingest.pipeline.fetch import _BoundedDecoder
+
+    bomb = gzip.compress(b"a " * (50 * 1024 * 1024), 9)
+    decoder = _BoundedDecoder("gzip")
+    pieces = list(decoder.decode(bomb, 10 * 1024 * 1024 + 1))
+    assert sum(map(len, pieces)) == 10 * 1024 * 1024 + 1
+    assert max(map(len, pieces)) <= 1 << 20
+    assert b"".join(_BoundedDecoder("identity").decode(b"plain", 10)) == b"plain"
+    with pytest.raises(FetchFailed, match="unsupported content encoding"):
+        _BoundedDecoder("br")

@@ -23,7 +23,7 @@ import operator
 import re
 import unicodedata
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import accumulate, pairwise
 
 from services.ingest.pipeline.sentences import split_sentences
@@ -40,6 +40,11 @@ tokens): one tokenizer pass gives the count of every unit of the text at once.""
 # which the tokenizer deletes, joining the words around them).
 _GAP_CHARS = " \t\n\r\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 _UNIT = re.compile(f"[^{_GAP_CHARS}]+")
+# Matched (anchored, never searched) over a range: ends after its last gap character, in one
+# scan to the range's end and back.
+_LAST_GAP = re.compile(f"(?s:.*)[{_GAP_CHARS}]")
+# Characters per tokenizer call when counting the word pieces of a long text.
+_SEGMENT_CHARS = 1 << 16
 
 # Strength of the boundary after a unit, for choosing where a chunk ends.
 _JOINED = 0  # inside an over-long word: no whitespace follows
@@ -76,6 +81,9 @@ class _Units:
     ends: list[int]
     counts: list[int]
     breaks: list[int]
+    # Units i (ascending) whose join with unit i + 1 is inside a word where the tokenizer
+    # would not have split it: a chunk holding both may count differently from their sum.
+    inexact_joins: list[int] = field(default_factory=list)
 
 
 def _default_counters() -> tuple[TokenCounter, TokenStarts]:
@@ -130,10 +138,12 @@ class Chunker:
         spans = self._plan(units, text, verified=False)
         # Counts taken from one tokenizer pass over the text are exact for any run of whole
         # words: the tokenizer makes no piece across whitespace, so a chunk tokenized alone
-        # gives the pieces of that pass which start inside it. Only pieces of a word cut
-        # apart (joined again in a chunk) or another counter's counts need checking.
-        exact = self._starts is not None and _JOINED not in units.breaks
-        if not exact and not self._all_within_limits(text, units, spans):
+        # gives the pieces of that pass which start inside it. The same holds for pieces of
+        # a word cut where the tokenizer splits words anyway (at punctuation and CJK). Only
+        # pieces cut elsewhere and joined again, or another counter's counts, need checking.
+        # (None: check every chunk.)
+        joins = units.inexact_joins if self._starts is not None else None
+        if joins != [] and not self._all_within_limits(text, units, spans, joins):
             # The estimate (a sum over units) was off somewhere, which happens only where
             # pieces of an over-long word are joined again. Plan again, checking each chunk
             # with the tokenizer as it is made.
@@ -165,8 +175,10 @@ class Chunker:
             if breaks:
                 breaks[-1] = _PARAGRAPH if sentence.ends_paragraph else _SENTENCE
         max_chars = self.max_chars
+        token_starts = None
         if self._starts is not None:
-            counts = _counts_by_offsets(self._starts(text), starts, ends)
+            token_starts = self._token_starts(text)
+            counts = _counts_by_offsets(token_starts, starts, ends)
         else:
             # Units over the character cap are cut whatever their count: not counting them
             # saves tokenizing megabytes of text without spaces as one word.
@@ -178,8 +190,31 @@ class Chunker:
         if max(counts, default=0) > self._budget or (
             max(map(operator.sub, ends, starts), default=0) > max_chars
         ):
-            units = self._split_long_units(text, units)
+            units = self._split_long_units(text, units, token_starts)
         return units
+
+    def _token_starts(self, text: str) -> list[int]:
+        """`token_starts` of the whole text, asked of the tokenizer a segment at a time.
+
+        A tokenizer call holds the GIL throughout (seconds for megabytes); segments cut at
+        whitespace, where no word piece can cross, keep each call short and give the same
+        pieces. A stretch without whitespace longer than a segment is cut anyway: it lies in a
+        unit over the character cap, whose pieces are counted again on their own.
+        """
+        assert self._starts is not None
+        if len(text) <= _SEGMENT_CHARS:
+            return list(self._starts(text))
+        starts: list[int] = []
+        position, length = 0, len(text)
+        while position < length:
+            end = min(position + _SEGMENT_CHARS, length)
+            if end < length:
+                gap = _LAST_GAP.match(text, position + _SEGMENT_CHARS // 2, end)
+                if gap is not None:
+                    end = gap.end()
+            starts.extend(position + offset for offset in self._starts(text[position:end]))
+            position = end
+        return starts
 
     def _count_unique(self, texts: list[str]) -> list[int]:
         """Counts of each text, asking the tokenizer once per distinct text."""
@@ -187,7 +222,7 @@ class Chunker:
         counted = dict(zip(distinct, self._count(distinct), strict=True))
         return [counted[t] for t in texts]
 
-    def _split_long_units(self, text: str, units: _Units) -> _Units:
+    def _split_long_units(self, text: str, units: _Units, token_starts: list[int] | None) -> _Units:
         """Replace each unit over the token budget or the character cap by smaller pieces."""
         out = _Units([], [], [], [])
         for start, end, count, brk in zip(
@@ -199,7 +234,15 @@ class Chunker:
                 out.counts.append(count)
                 out.breaks.append(brk)
                 continue
-            for p_start, p_end, p_count in self._pieces(text, start, end):
+            pieces = self._pieces(text, start, end, token_starts)
+            first = len(out.starts)
+            for number, ((_, p_end, _), (next_start, _, _)) in enumerate(pairwise(pieces)):
+                if not (
+                    _splits_words_at(text, p_end, start, end)
+                    and _splits_words_at(text, next_start, start, end)
+                ):
+                    out.inexact_joins.append(first + number)
+            for p_start, p_end, p_count in pieces:
                 out.starts.append(p_start)
                 out.ends.append(p_end)
                 out.counts.append(p_count)
@@ -207,7 +250,9 @@ class Chunker:
             out.breaks[-1] = brk
         return out
 
-    def _pieces(self, text: str, start: int, end: int) -> list[tuple[int, int, int]]:
+    def _pieces(
+        self, text: str, start: int, end: int, token_starts: list[int] | None
+    ) -> list[tuple[int, int, int]]:
         """Cut one over-long word into pieces within the character cap and a share of the
         token budget.
 
@@ -215,6 +260,9 @@ class Chunker:
         round suffices), then the parts are counted again. Terminates: every cut point lies
         strictly inside its span, so each round makes every span it cuts strictly shorter, and
         spans of one character are never cut.
+
+        A piece whose both ends are where the tokenizer splits words anyway is counted from
+        the whole text's tokenizer pass (`token_starts`); other pieces are tokenized alone.
         """
         pending: list[tuple[int, int]] = []
         position = start
@@ -229,7 +277,7 @@ class Chunker:
             # Cuts may land next to characters the tokenizer deletes (\x1c-\x1f, \x85): trim
             # them before counting, so that every count is of exactly the piece's text.
             pending = [span for span in (_trimmed(text, s, e) for s, e in pending) if span]
-            counts = self._count([text[s:e] for s, e in pending])
+            counts = self._piece_counts(text, pending, start, end, token_starts)
             parts: list[tuple[int, int]] = []
             for (s, e), count in zip(pending, counts, strict=True):
                 if count <= limit or e - s == 1:
@@ -246,6 +294,32 @@ class Chunker:
             pending = parts
         done.sort()
         return done
+
+    def _piece_counts(
+        self,
+        text: str,
+        spans: list[tuple[int, int]],
+        start: int,
+        end: int,
+        token_starts: list[int] | None,
+    ) -> list[int]:
+        counts: list[int | None] = []
+        alone: list[tuple[int, int]] = []
+        for s, e in spans:
+            if (
+                token_starts is not None
+                and _splits_words_at(text, s, start, end)
+                and _splits_words_at(text, e, start, end)
+            ):
+                low = bisect.bisect_left(token_starts, s)
+                counts.append(bisect.bisect_left(token_starts, e, low) - low)
+            else:
+                counts.append(None)
+                alone.append((s, e))
+        if alone:
+            counted = iter(self._count([text[s:e] for s, e in alone]))
+            return [next(counted) if c is None else c for c in counts]
+        return counts  # type: ignore[return-value]
 
     # Planning ----------------------------------------------------------------------------
 
@@ -330,14 +404,26 @@ class Chunker:
     def _chunk_fits(self, text: str, start: int, end: int) -> bool:
         return self._count([text[start:end]])[0] <= self._budget
 
-    def _all_within_limits(self, text: str, units: _Units, spans: list[tuple[int, int]]) -> bool:
-        """Check every chunk and every overlap of a plan with the tokenizer, in two batches."""
+    def _all_within_limits(
+        self, text: str, units: _Units, spans: list[tuple[int, int]], joins: list[int] | None
+    ) -> bool:
+        """Check the chunks and overlaps of a plan with the tokenizer, in two batches: those
+        holding one of `joins` (see `_Units.inexact_joins`), or all when `joins` is None."""
         starts, ends = units.starts, units.ends
-        chunk_texts = [text[starts[s] : ends[e - 1]] for s, e in spans]
-        if any(c > self._budget for c in self._count(chunk_texts)):
+
+        def unsure(s: int, e: int) -> bool:  # units [s, e) hold a join i: s <= i < e - 1
+            if joins is None:
+                return True
+            index = bisect.bisect_left(joins, s)
+            return index < len(joins) and joins[index] < e - 1
+
+        chunk_texts = [text[starts[s] : ends[e - 1]] for s, e in spans if unsure(s, e)]
+        if chunk_texts and any(c > self._budget for c in self._count(chunk_texts)):
             return False
         overlaps = [
-            text[starts[nxt_s] : ends[e - 1]] for (_, e), (nxt_s, _) in pairwise(spans) if nxt_s < e
+            text[starts[nxt_s] : ends[e - 1]]
+            for (_, e), (nxt_s, _) in pairwise(spans)
+            if nxt_s < e and unsure(nxt_s, e)
         ]
         return not overlaps or all(c <= self.overlap_tokens for c in self._count(overlaps))
 
@@ -371,11 +457,11 @@ def _cut_point(text: str, start: int, end: int, offset: int) -> int:
     """A position in (start, end) near start + offset to cut an over-long word.
 
     Prefers the position right after punctuation or a CJK character (where the tokenizer
-    splits anyway) within the last quarter before the target; never cuts before a combining
-    mark unless there is no other choice.
+    splits anyway, so the pieces count as they do in the word) within the last half before
+    the target; never cuts before a combining mark unless there is no other choice.
     """
     target = min(max(start + offset, start + 1), end - 1)
-    window = max(1, (target - start) // 4)
+    window = max(1, (target - start) // 2)
     for position in range(target, max(start, target - window), -1):
         if _is_token_boundary_char(text[position - 1]):
             return position
@@ -385,6 +471,36 @@ def _cut_point(text: str, start: int, end: int, offset: int) -> int:
     if unicodedata.category(text[position])[0] == "M":
         position = target
     return position
+
+
+def _splits_words_at(text: str, position: int, start: int, end: int) -> bool:
+    """Whether the model's tokenizer splits the word text[start:end] at `position` anyway:
+    at its ends, or next to a character it always makes a word of its own (punctuation as
+    BERT defines it, or a CJK ideograph). Pieces cut there count as they do in the word."""
+    return (
+        position <= start
+        or position >= end
+        or _is_bert_word_char(text[position - 1])
+        or _is_bert_word_char(text[position])
+    )
+
+
+def _is_bert_word_char(char: str) -> bool:
+    """Characters BERT's pre-tokenizer always splits off: ASCII punctuation and symbols,
+    Unicode punctuation (P*), and the CJK ideographs its normalizer pads with spaces (not
+    kana or Hangul)."""
+    code = ord(char)
+    if code < 128:
+        return 33 <= code <= 47 or 58 <= code <= 64 or 91 <= code <= 96 or 123 <= code <= 126
+    return unicodedata.category(char)[0] == "P" or (
+        0x4E00 <= code <= 0x9FFF
+        or 0x3400 <= code <= 0x4DBF
+        or 0x20000 <= code <= 0x2A6DF
+        or 0x2A700 <= code <= 0x2B81F
+        or 0x2B920 <= code <= 0x2CEAF  # (sic: the tokenizer's own ranges)
+        or 0xF900 <= code <= 0xFAFF
+        or 0x2F800 <= code <= 0x2FA1F
+    )
 
 
 def _is_token_boundary_char(char: str) -> bool:

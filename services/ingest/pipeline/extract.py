@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import pypdf
 import trafilatura
-from pypdf.errors import FileNotDecryptedError, PdfReadError
+from pypdf.errors import FileNotDecryptedError, LimitReachedError, PdfReadError
 from trafilatura.utils import load_html
 
 from services.ingest.pipeline.errors import UnreadableDocument, UnsupportedContent
@@ -26,10 +26,25 @@ TEXT_MEDIA_TYPES = frozenset({"text/plain", "text/markdown"})
 HTML_MEDIA_TYPES = frozenset({"text/html", "application/xhtml+xml"})
 _EXTENSIONS = {".pdf": "pdf", ".txt": "text", ".html": "html", ".htm": "html"}
 _PDF_MAGIC = b"%PDF-"
+# Leading comments are skipped possessively: with a plain `(<!--.*?-->\s*)*`, a run of
+# comments not followed by an HTML tag could be split into comments in exponentially many
+# ways, each tried in turn (a few dozen comments took minutes).
 _HTML_SNIFF = re.compile(
-    rb"^\s*(<!--.*?-->\s*)*<(!doctype\s+html|html|head|body)[\s>]", re.I | re.S
+    rb"^\s*+(?:<!--.*?-->\s*+)*+<(?:!doctype\s++html|html|head|body)[\s>]", re.I | re.S
 )
 _SPACES = re.compile(r"\s+")
+# How much decompressed page content (drawing instructions, read in pure Python) a PDF may hold:
+# a floor, plus a multiple of the file's size. Content streams compress a few times over; a
+# stream that expands a thousandfold (a "compression bomb": megabytes of zeros or of one
+# repeated operator) is refused after decompression, before anything is parsed, instead of
+# taking minutes per page.
+PDF_CONTENT_FLOOR = 4 * 1024 * 1024
+PDF_CONTENT_EXPANSION = 20
+_PDF_TOO_LARGE = (
+    "The PDF expands to far more data than its size suggests (a compression bomb, or pages "
+    "too complex to read). Export it again from the application that made it, or upload its "
+    "text as a .txt file."
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,15 +87,28 @@ def extract(
 
 
 def extract_pdf(content: bytes) -> ExtractedText:
-    """Text of every page of a PDF, pages separated by blank lines; title from its metadata."""
+    """Text of every page of a PDF, pages separated by blank lines; title from its metadata.
+
+    Page content is read up to a budget in proportion to the file's size (see
+    PDF_CONTENT_EXPANSION); a PDF over it is refused as unreadable.
+    """
+    budget = PDF_CONTENT_FLOOR + PDF_CONTENT_EXPANSION * len(content)
+    limits = {
+        name: budget
+        for name in (
+            "zlib_maximum_output_length",
+            "lzw_maximum_output_length",
+            "run_length_maximum_output_length",
+            "brotli_maximum_output_length",
+            "array_based_stream_maximum_output_length",
+            "stream_decoding_work_maximum_length",
+        )
+    }
     try:
-        reader = pypdf.PdfReader(io.BytesIO(content))
-        if reader.is_encrypted and not reader.decrypt(""):
-            raise FileNotDecryptedError("encrypted")
-        title = _clean_title(reader.metadata.title if reader.metadata else None)
-        pages = [page.extract_text() or "" for page in reader.pages]
-        if not pages:
-            raise PdfReadError("no pages")  # what is left of a damaged page tree
+        with pypdf.apply_configuration(**limits):
+            title, pages = _pdf_pages(content, budget)
+    except LimitReachedError as exc:
+        raise UnreadableDocument(_PDF_TOO_LARGE) from exc
     except FileNotDecryptedError as exc:
         raise UnreadableDocument(
             "The PDF is password-protected. Remove the password (print or export it to a new "
@@ -93,13 +121,31 @@ def extract_pdf(content: bytes) -> ExtractedText:
             "The PDF file is damaged or is not a PDF. Open it in a PDF viewer, save or export "
             "it again, and upload the new file."
         ) from exc
-    text = "\n\n".join(page.strip() for page in pages if page.strip())
+    text = "\n\n".join(stripped for page in pages if (stripped := page.strip()))
     if not has_readable_text(text):
         raise UnreadableDocument(
             "The PDF has no text layer (it looks like a scanned or image-only document). Run "
             "it through OCR, or export it with selectable text, and upload it again."
         )
     return ExtractedText(title, text)
+
+
+def _pdf_pages(content: bytes, budget: int) -> tuple[str | None, list[str]]:
+    reader = pypdf.PdfReader(io.BytesIO(content))
+    if reader.is_encrypted and not reader.decrypt(""):
+        raise FileNotDecryptedError("encrypted")
+    title = _clean_title(reader.metadata.title if reader.metadata else None)
+    pages: list[str] = []
+    for page in reader.pages:
+        # Decompressed (and kept: extraction reads the same data) before it is parsed.
+        contents = page.get_contents()
+        budget -= len(contents.get_data()) if contents is not None else 0
+        if budget < 0:
+            raise LimitReachedError("page content over budget")
+        pages.append(page.extract_text() or "")
+    if not pages:
+        raise PdfReadError("no pages")  # what is left of a damaged page tree
+    return title, pages
 
 
 def extract_plain_text(content: bytes, *, encoding: str = "utf-8") -> ExtractedText:

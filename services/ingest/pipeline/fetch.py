@@ -12,7 +12,8 @@ What it guarantees:
   rebinding between the check and the connect.
 - Redirects are followed by hand, at most `max_redirects`, http and https only.
 - The body is streamed and reading stops as soon as it passes `max_bytes` (counted after
-  content decoding, so a compressed bomb stops too); connect, read and total timeouts apply.
+  content decoding, which is done here in bounded steps, so a compressed bomb stops too,
+  without ever being inflated in one piece); connect, read and total timeouts apply.
 - Proxies and credentials from the environment are ignored: a proxy would resolve the host
   itself and bypass the check.
 
@@ -26,7 +27,8 @@ import asyncio
 import ipaddress
 import socket
 import ssl
-from collections.abc import Awaitable, Callable
+import zlib
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 import httpx
@@ -174,7 +176,7 @@ class UrlFetcher:
             verify=self._verify,
             trust_env=False,
             follow_redirects=False,
-            headers={"User-Agent": USER_AGENT},
+            headers={"User-Agent": USER_AGENT, "Accept-Encoding": "gzip, deflate"},
         ) as client:
             for hop in range(self.max_redirects + 1):
                 addresses = await self._allowed_addresses(current, redirected=hop > 0)
@@ -273,11 +275,16 @@ class UrlFetcher:
         if declared.isdigit() and int(declared) > self.max_bytes:
             raise BodyTooLarge(self._too_large())
         body = bytearray()
+        decoder = _BoundedDecoder(response.headers.get("content-encoding", ""))
         try:
-            async for piece in response.aiter_bytes():
-                body += piece
-                if len(body) > self.max_bytes:
-                    raise BodyTooLarge(self._too_large())
+            async for raw in response.aiter_raw():
+                for piece in decoder.decode(raw, self.max_bytes - len(body) + 1):
+                    body += piece
+                    if len(body) > self.max_bytes:
+                        raise BodyTooLarge(self._too_large())
+            body += decoder.flush()
+            if len(body) > self.max_bytes:
+                raise BodyTooLarge(self._too_large())
         except httpx.TimeoutException as exc:
             raise FetchFailed(
                 f"The server stopped sending data for more than {self._timeout.read:g} seconds. "
@@ -380,6 +387,50 @@ def _is_tls_failure(exc: BaseException) -> bool:
         seen.add(id(current))
         current = current.__cause__ or current.__context__
     return "SSL" in str(exc) or "certificate" in str(exc).lower()
+
+
+class _BoundedDecoder:
+    """Content decoding (gzip, deflate) that never makes more than it is asked for.
+
+    httpx decodes each received piece whole: a 100 KB gzip piece of a compression bomb became
+    100 MB in one call on the event loop. Here each call stops at `limit` bytes (so reading
+    stops just past the size cap) and at `_STEP` bytes per step, which keeps every
+    GIL-holding call short.
+    """
+
+    _STEP = 1 << 20
+
+    def __init__(self, encoding: str) -> None:
+        encodings = [e.strip().lower() for e in encoding.split(",") if e.strip()]
+        encodings = [e for e in encodings if e != "identity"]
+        if not encodings:
+            self._zlib = None
+        elif encodings in (["gzip"], ["x-gzip"]):
+            self._zlib = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif encodings == ["deflate"]:
+            self._zlib = zlib.decompressobj(zlib.MAX_WBITS)
+        else:
+            raise FetchFailed(
+                f"The server sent the document with an unsupported content encoding "
+                f"({encoding!r}); ContextCache reads gzip and deflate."
+            )
+
+    def decode(self, raw: bytes, limit: int) -> Iterator[bytes]:
+        if self._zlib is None:
+            yield raw
+            return
+        data = raw
+        while data and limit > 0:
+            try:
+                piece = self._zlib.decompress(data, min(limit, self._STEP))
+            except zlib.error as exc:
+                raise httpx.DecodingError(str(exc)) from exc
+            limit -= len(piece)
+            yield piece
+            data = self._zlib.unconsumed_tail
+
+    def flush(self) -> bytes:
+        return self._zlib.flush() if self._zlib is not None else b""
 
 
 def _megabytes(size: int) -> str:

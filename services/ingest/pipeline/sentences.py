@@ -10,12 +10,19 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-# Terminal punctuation, then closing quotes or brackets, then whitespace (Latin scripts) —
-# or CJK terminal punctuation, which needs no following space — or a blank line.
+# Terminal punctuation, then closing quotes or brackets (Latin scripts; a boundary only when
+# whitespace follows, which `split_sentences` checks) — or CJK terminal punctuation, which needs
+# no following space — or a blank line.
+#
+# Linear time on any input: every quantifier is possessive, and the whitespace that must follow
+# Latin punctuation is tested after the match rather than by a lookahead. With the lookahead
+# (`[.!?…]+...(?=\s)`), a run of n periods not followed by whitespace was scanned to its end
+# from each of its n positions, backtracking each time (quadratic time, and the regex engine
+# holds the GIL throughout). Without it, a run is consumed once and the scan resumes after it.
 _BOUNDARY = re.compile(
-    r"(?P<latin>[.!?…]+[\"'”’»)\]]*)(?=\s)"
-    r"|(?P<cjk>[。！？]+[」』”’）]*)"
-    r"|(?P<para>\n[^\S\n]*\n)"
+    r"(?P<latin>[.!?…]++[\"'”’»)\]]*+)"
+    r"|(?P<cjk>[。！？]++[」』”’）]*+)"
+    r"|(?P<para>\n[^\S\n]*+\n)"
 )
 _ABBREVIATIONS = frozenset(
     {
@@ -58,16 +65,35 @@ def _continues_lower_case(text: str, after: int) -> bool:
     return index < length and text[index].islower()
 
 
+# The last text split and its sentences: the chunker and the fact extractor split the same
+# document one after the other (in a text worker), and a document of many short sentences
+# spends much of its time here.
+_last: tuple[str, list[Sentence]] | None = None
+
+
 def split_sentences(text: str) -> list[Sentence]:
     """Sentences of `text` in order; whitespace between sentences belongs to none of them.
 
     Every non-whitespace character of the text lies in exactly one sentence.
     """
+    global _last
+    last = _last
+    if last is not None and last[0] == text:
+        return list(last[1])
+    sentences = _split(text)
+    _last = (text, sentences)
+    return list(sentences)
+
+
+def _split(text: str) -> list[Sentence]:
     sentences: list[Sentence] = []
     start = 0
     for match in _BOUNDARY.finditer(text):
         kind = match.lastgroup
         if kind == "latin":
+            after = match.end()
+            if after == len(text) or not text[after].isspace():
+                continue  # "3.14", "...and", "?!x": not the end of a sentence
             punctuation = match.group("latin")
             if punctuation.startswith(".") and len(punctuation.rstrip("\"'”’»)]")) == 1:
                 if _is_abbreviation(text, match.start()) or _continues_lower_case(
