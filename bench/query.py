@@ -1,19 +1,27 @@
 """Query latency and throughput, directly to the query service and through Envoy. Prints only.
 
 Starts crypto, projects, query, the ratelimit service (rules raised for the bench, counting in
-memory) and Envoy as processes on free ports in a temporary directory (embedded default: SQLite
-and the embedded Qdrant Edge index; no Redis, so no answer comes from the query cache). It
-creates and unlocks a project, then fills it through QueryService.IndexChunks with synthetic
-chunks: random unit 384-d vectors, the real BM25 term vectors of ~150 passages of the
-public-domain texts in examples/documents/ (keyed by crypto's HashTerms under the project's
-key), and real ciphertext of those passages made by crypto (each bound to its own chunk, so
-every returned passage is really decrypted). After each fill the query service is stopped, the
-index's HNSW optimisation is run to completion, and the service is started again.
+Redis under a key prefix of its own, as in production) and Envoy as processes on free ports
+(embedded default: SQLite and the embedded Qdrant Edge index; the query service has no Redis,
+so no answer comes from the query cache). It creates and unlocks a project, then fills it
+through QueryService.IndexChunks with synthetic chunks: random unit 384-d vectors, the real
+BM25 term vectors of ~150 passages of the public-domain texts in examples/documents/ (keyed by
+crypto's HashTerms under the project's key), and real ciphertext of those passages made by
+crypto (each bound to its own chunk, so every returned passage is really decrypted). After the
+fill the query service is stopped, the index's HNSW optimisation is run to completion, and the
+service is started again.
+
+Each size's stack (its data directory, sealing key and project) is kept under
+`var/bench-query/<size>/` and used again by later runs, so the 100k-chunk index is built once
+(`--rebuild` builds it again; `--cache ''` uses a temporary directory).
 
 At each size (10k and 100k chunks by default) it sends natural-language questions (real query
 embedding, keyword hashing, search and decryption) with 1 and 8 concurrent clients (one
-connection each), directly and through Envoy, and prints p50/p95/p99 latency, throughput and
-the service's own mean timings. The load generator shares the machine's cores with the stack.
+connection each), directly, through Envoy, and through a second Envoy rendered without the
+global rate limit filter (what the rate-limit call costs), and prints p50/p95/p99 latency,
+throughput, the service's own mean timings and, through Envoy, Envoy's own mean times (the
+whole call downstream, the query upstream, the rate-limit service's round trip). The load
+generator shares the machine's cores with the stack.
 
     .venv/bin/python bench/query.py [--sizes 10000,100000] [--requests 300] [--mode hybrid]
 """
@@ -23,19 +31,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import json
 import os
 import re
+import shutil
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
 import grpc
 import numpy as np
+import yaml
 from google.protobuf.timestamp_pb2 import Timestamp
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -150,16 +162,23 @@ class Processes:
 
 
 class Bench:
-    def __init__(self, work: Path, mode: str) -> None:
+    """One size's stack. `work` holds its data directory and, once the index is built,
+    `state.json` (sealing key, project id, chunks indexed), so a later run starts the same
+    stack on the same data."""
+
+    def __init__(self, work: Path, mode: str, redis_url: str) -> None:
         self.work = work
         self.mode = MODES[mode]
+        self.state_path = work / "state.json"
+        self.state = json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
+        sealing_key = self.state.get("sealing_key") or base64.b64encode(os.urandom(32)).decode()
         self.ports = {n: free_port() for n in ("crypto", "projects", "query", "ratelimit")}
         addresses = {f"{n.upper()}_ADDR": f"127.0.0.1:{p}" for n, p in self.ports.items()}
         env = {k: v for k, v in os.environ.items() if not k.endswith(("_ADDR", "_URL"))}
         env.update(
             addresses,
             DATA_DIR=str(work / "var"),
-            TOKEN_SEALING_KEY=base64.b64encode(os.urandom(32)).decode(),
+            TOKEN_SEALING_KEY=sealing_key,
             ARGON2_MEMORY_KIB="8192",
             ARGON2_TIME_COST="1",
             LOG_LEVEL="WARNING",
@@ -174,14 +193,37 @@ class Bench:
             gateway_health_check_interval=1,
             **{k.lower(): v for k, v in addresses.items()},
         )
+        self.unlimited_settings = self.settings.model_copy(
+            update={"gateway_port": free_port(), "gateway_admin_port": free_port()}
+        )
         self.processes = Processes(work, env, self.settings)
-        self.ratelimit_env = {"RATELIMIT_RULES": str(rules)}
+        self.sealing_key = sealing_key
+        # Counted in Redis as in production, under a prefix no other run shares.
+        self.ratelimit_env = {
+            "RATELIMIT_RULES": str(rules),
+            "REDIS_URL": redis_url,
+            "RATELIMIT_KEY_PREFIX": f"bench-query-{uuid.uuid4().hex[:8]}",
+        }
         self.direct = f"127.0.0.1:{self.ports['query']}"
         self.gateway = f"127.0.0.1:{self.settings.gateway_port}"
+        self.unlimited_gateway = f"127.0.0.1:{self.unlimited_settings.gateway_port}"
+        self.admin = {
+            self.gateway: self.settings.gateway_admin_port,
+            self.unlimited_gateway: self.unlimited_settings.gateway_admin_port,
+        }
+
+    @property
+    def built(self) -> int:
+        """Chunks in the kept index (0: none kept)."""
+        return int(self.state.get("indexed", 0))
+
+    def save(self, project_id: str, indexed: int) -> None:
+        self.state = {"sealing_key": self.sealing_key, "project_id": project_id, "indexed": indexed}
+        self.state_path.write_text(json.dumps(self.state))
 
     def channel(self, target: str, identity: str = "operator", **kwargs) -> grpc.aio.Channel:
         """The gateway in plaintext, a service port over mutual TLS as `identity`."""
-        if target == self.gateway:
+        if target in self.admin:
             return grpc.aio.insecure_channel(target, **kwargs)
         credentials = workload_identity(self.settings, identity).channel_credentials()
         return grpc.aio.secure_channel(target, credentials, **kwargs)
@@ -194,6 +236,10 @@ class Bench:
         self.start_query()
         config = render(self.settings, self.work / "envoy.yaml")
         self.processes.start("envoy", envoy_command(config), None, {})
+        unlimited = without_global_rate_limit(
+            render(self.unlimited_settings, self.work / "envoy-unlimited.yaml")
+        )
+        self.processes.start("envoy-unlimited", envoy_command(unlimited), None, {})
 
     def start_query(self) -> None:
         command = [sys.executable, "-m", "services.query"]
@@ -210,6 +256,45 @@ class Bench:
             await index.close()
         self.start_query()
         return stats
+
+    def envoy_means(self, target: str) -> dict[str, tuple[float, int]]:
+        """Envoy's cumulative (sum ms, count) of the stages it times, by name."""
+        url = f"http://127.0.0.1:{self.admin[target]}/stats?format=prometheus&usedonly"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            text = response.read().decode()
+        wanted = {
+            "call": ("envoy_http_downstream_rq_time", 'envoy_http_conn_manager_prefix="gateway"'),
+            "query upstream": ("envoy_cluster_upstream_rq_time", 'envoy_cluster_name="query"'),
+            "rate limit": ("envoy_cluster_upstream_rq_time", 'envoy_cluster_name="ratelimit"'),
+        }
+        found: dict[str, tuple[float, int]] = {}
+        for name, (metric, label) in wanted.items():
+            total = count = 0.0
+            for line in text.splitlines():
+                if label not in line:
+                    continue
+                if line.startswith(metric + "_sum{"):
+                    total = float(line.rsplit(" ", 1)[1])
+                elif line.startswith(metric + "_count{"):
+                    count = float(line.rsplit(" ", 1)[1])
+            found[name] = (total, int(count))
+        return found
+
+
+def without_global_rate_limit(config: Path) -> Path:
+    """The rendered gateway configuration less its global rate limit filter."""
+    document = yaml.safe_load(config.read_text())
+    for listener in document["static_resources"]["listeners"]:
+        for chain in listener["filter_chains"]:
+            for network_filter in chain["filters"]:
+                manager = network_filter["typed_config"]
+                manager["http_filters"] = [
+                    f
+                    for f in manager.get("http_filters", [])
+                    if f["name"] != "envoy.filters.http.ratelimit"
+                ]
+    config.write_text(yaml.safe_dump(document))
+    return config
 
 
 # -- the corpus --------------------------------------------------------------------------------
@@ -355,9 +440,9 @@ async def measure(
     return np.array(latencies), requests / elapsed, timings
 
 
-async def wait_for_gateway(bench: Bench, project_id: str, metadata) -> None:
+async def wait_for_gateway(bench: Bench, target: str, project_id: str, metadata) -> None:
     """Until Envoy routes queries to the (re)started query service."""
-    async with bench.channel(bench.gateway) as channel:
+    async with bench.channel(target) as channel:
         stub = query_pb2_grpc.QueryServiceStub(channel)
         deadline = time.monotonic() + 60
         while True:
@@ -378,98 +463,136 @@ def mean(values: list[float]) -> float:
     return statistics.fmean(values) if values else 0.0
 
 
-async def run(args: argparse.Namespace) -> None:
-    work = Path(tempfile.mkdtemp(prefix="bench-query-"))
-    bench = Bench(work, args.mode)
-    try:
-        bench.start()
-        async with bench.channel(f"127.0.0.1:{bench.ports['projects']}") as channel:
-            projects = projects_pb2_grpc.ProjectServiceStub(channel)
-            project = (
+async def fill(bench: Bench, project_id: str, metadata, size: int) -> None:
+    """Indexes `size` chunks as the ingest service does it (encrypted by crypto), then
+    optimises the index."""
+    began = time.perf_counter()
+    crypto_target = f"127.0.0.1:{bench.ports['crypto']}"
+    async with bench.channel(crypto_target, "ingest") as crypto:
+        from contextcache.internal.v1 import crypto_pb2_grpc
+
+        cipher = ContentCipher(
+            crypto_pb2_grpc.CryptoInternalServiceStub(crypto), project_id, metadata[0][1]
+        )
+        corpus = Corpus(cipher, project_id)
+        await corpus.prepare()
+        async with bench.channel(
+            bench.direct, "ingest", options=[("grpc.max_send_message_length", 64 << 20)]
+        ) as query_channel:
+            stub = query_internal_pb2_grpc.QueryInternalServiceStub(query_channel)
+            for start in range(0, size, BATCH):
+                chunks = await corpus.chunks(start, min(size, start + BATCH))
+                await stub.IndexChunks(
+                    query_internal_pb2.IndexChunksRequest(project_id=project_id, chunks=chunks),
+                    metadata=metadata,
+                    timeout=300,
+                )
+    filled = time.perf_counter() - began
+    began = time.perf_counter()
+    stats = await bench.optimize_index()
+    print(
+        f"  built: {len(corpus.texts)} distinct passages, {stats['points']:,} chunks "
+        f"({filled:.0f} s through IndexChunks, optimise + restart "
+        f"{time.perf_counter() - began:.0f} s, {stats['segments']} segments)",
+        flush=True,
+    )
+
+
+def load_average() -> str:
+    return " ".join(f"{v:.1f}" for v in os.getloadavg())
+
+
+async def measure_size(bench: Bench, size: int, args: argparse.Namespace) -> None:
+    bench.start()
+    async with bench.channel(f"127.0.0.1:{bench.ports['projects']}") as channel:
+        projects = projects_pb2_grpc.ProjectServiceStub(channel)
+        project_id = bench.state.get("project_id")
+        if bench.built != size:
+            project_id = (
                 await projects.CreateProject(
                     projects_pb2.CreateProjectRequest(name="bench", passphrase=PASSPHRASE)
                 )
-            ).project
+            ).project.id
 
-            async def unlock() -> tuple[tuple[str, str], ...]:
-                response = await projects.UnlockProject(
-                    projects_pb2.UnlockProjectRequest(project_id=project.id, passphrase=PASSPHRASE)
+        async def unlock() -> tuple[tuple[str, str], ...]:
+            response = await projects.UnlockProject(
+                projects_pb2.UnlockProjectRequest(project_id=project_id, passphrase=PASSPHRASE)
+            )
+            return (("x-unlock-token", response.unlock_token),)
+
+        metadata = await unlock()
+        print(f"\n{size:,} chunks, stack in {bench.work}", flush=True)
+        if bench.built != size:
+            await fill(bench, project_id, metadata, size)
+            bench.save(project_id, size)
+        else:
+            print("  the kept index (--rebuild builds it again)")
+        metadata = await unlock()  # fresh token for the measuring rounds
+    for gateway in (bench.gateway, bench.unlimited_gateway):
+        await wait_for_gateway(bench, gateway, project_id, metadata)
+    print(
+        f"  {'Query, ms':<34} {'p50':>6} {'p95':>6} {'p99':>6} {'q/s':>6}   server mean: "
+        "embed search decrypt total   envoy mean: call upstream ratelimit   load"
+    )
+    routes = (
+        ("direct", bench.direct),
+        ("envoy", bench.gateway),
+        ("envoy, no global limit", bench.unlimited_gateway),
+    )
+    for repeat in range(args.repeats):
+        for label, target in routes:
+            for clients in (1, 8):
+                before = bench.envoy_means(target) if target in bench.admin else None
+                samples, rate, timings = await measure(
+                    bench, target, project_id, metadata, bench.mode, clients, args.requests
                 )
-                return (("x-unlock-token", response.unlock_token),)
-
-            metadata = await unlock()
-            # Chunks are encrypted and indexed as the ingest service does it.
-            crypto_target = f"127.0.0.1:{bench.ports['crypto']}"
-            async with bench.channel(crypto_target, "ingest") as crypto:
-                from contextcache.internal.v1 import crypto_pb2_grpc
-
-                cipher = ContentCipher(
-                    crypto_pb2_grpc.CryptoInternalServiceStub(crypto), project.id, metadata[0][1]
-                )
-                corpus = Corpus(cipher, project.id)
-                await corpus.prepare()
+                p50, p95, p99 = np.percentile(samples, [50, 95, 99])
+                envoy = ""
+                if before is not None:
+                    # Envoy merges its histograms for the admin interface every few seconds.
+                    await asyncio.sleep(5.5)
+                    after = bench.envoy_means(target)
+                    parts = []
+                    for name in ("call", "query upstream", "rate limit"):
+                        total = after[name][0] - before[name][0]
+                        count = after[name][1] - before[name][1]
+                        parts.append(f"{total / count:6.1f}" if count else "     -")
+                    envoy = " ".join(parts)
                 print(
-                    f"stack in {work} ({os.cpu_count()} cores); {len(corpus.texts)} distinct "
-                    f"passages; mode {args.mode}; top_k 5; no query cache",
+                    f"  {label + f', {clients} client' + 's' * (clients > 1):<34} "
+                    f"{p50:6.1f} {p95:6.1f} {p99:6.1f} {rate:6.1f}   "
+                    f"{mean([t.embed_ms for t in timings]):18.1f} "
+                    f"{mean([t.search_ms for t in timings]):6.1f} "
+                    f"{mean([t.decrypt_ms for t in timings]):7.1f} "
+                    f"{mean([t.total_ms for t in timings]):5.1f}   "
+                    f"{envoy:<27}   {load_average()}",
                     flush=True,
                 )
-                indexed = 0
-                for size in args.sizes:
-                    began = time.perf_counter()
-                    async with bench.channel(
-                        bench.direct,
-                        "ingest",
-                        options=[("grpc.max_send_message_length", 64 << 20)],
-                    ) as query_channel:
-                        stub = query_internal_pb2_grpc.QueryInternalServiceStub(query_channel)
-                        for start in range(indexed, size, BATCH):
-                            chunks = await corpus.chunks(start, min(size, start + BATCH))
-                            await stub.IndexChunks(
-                                query_internal_pb2.IndexChunksRequest(
-                                    project_id=project.id, chunks=chunks
-                                ),
-                                metadata=metadata,
-                                timeout=300,
-                            )
-                    filled = time.perf_counter() - began
-                    began = time.perf_counter()
-                    stats = await bench.optimize_index()
-                    optimized = time.perf_counter() - began
-                    indexed = size
-                    metadata = await unlock()  # fresh token for the measuring rounds
-                    await wait_for_gateway(bench, project.id, metadata)
-                    print(
-                        f"\n{stats['points']:,} chunks indexed ({filled:.0f} s through "
-                        f"IndexChunks, optimise + restart {optimized:.0f} s, "
-                        f"{stats['segments']} segments)"
-                    )
-                    print(
-                        f"  {'Query, ms':<22} {'p50':>7} {'p95':>7} {'p99':>7} {'q/s':>7}   "
-                        f"server mean: embed search decrypt total"
-                    )
-                    for label, target in (("direct", bench.direct), ("envoy", bench.gateway)):
-                        for clients in (1, 8):
-                            samples, rate, timings = await measure(
-                                bench,
-                                target,
-                                project.id,
-                                metadata,
-                                bench.mode,
-                                clients,
-                                args.requests,
-                            )
-                            p50, p95, p99 = np.percentile(samples, [50, 95, 99])
-                            print(
-                                f"  {label + f', {clients} client' + 's' * (clients > 1):<22} "
-                                f"{p50:7.1f} {p95:7.1f} {p99:7.1f} {rate:7.1f}   "
-                                f"{mean([t.embed_ms for t in timings]):18.1f} "
-                                f"{mean([t.search_ms for t in timings]):6.1f} "
-                                f"{mean([t.decrypt_ms for t in timings]):7.1f} "
-                                f"{mean([t.total_ms for t in timings]):5.1f}",
-                                flush=True,
-                            )
-    finally:
-        bench.processes.stop_all()
+        if repeat + 1 < args.repeats:
+            print(f"  (round {repeat + 2} of {args.repeats})")
+
+
+async def run(args: argparse.Namespace) -> None:
+    print(
+        f"{os.cpu_count()} cores; mode {args.mode}; top_k 5; no query cache; "
+        f"load average at start {load_average()}",
+        flush=True,
+    )
+    for size in args.sizes:
+        if args.cache:
+            work = Path(args.cache) / str(size)
+            if args.rebuild and work.exists():
+                shutil.rmtree(work)
+            if work.exists() and not (work / "state.json").exists():
+                shutil.rmtree(work)  # a build that did not finish
+            work.mkdir(parents=True, exist_ok=True)
+        else:
+            work = Path(tempfile.mkdtemp(prefix="bench-query-"))
+        bench = Bench(work, args.mode, args.redis)
+        try:
+            await measure_size(bench, size, args)
+        finally:
+            bench.processes.stop_all()
 
 
 def main() -> None:
@@ -480,7 +603,19 @@ def main() -> None:
         default=[10_000, 100_000],
     )
     parser.add_argument("--requests", type=int, default=300, help="per round")
+    parser.add_argument("--repeats", type=int, default=1, help="rounds of every measurement")
     parser.add_argument("--mode", choices=sorted(MODES), default="hybrid")
+    parser.add_argument(
+        "--cache",
+        default=str(ROOT / "var" / "bench-query"),
+        help="where each size's stack is kept between runs ('' = a temporary directory)",
+    )
+    parser.add_argument("--rebuild", action="store_true", help="build the kept indexes again")
+    parser.add_argument(
+        "--redis",
+        default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
+        help="the rate-limit service's Redis (unreachable: it counts in memory)",
+    )
     asyncio.run(run(parser.parse_args()))
 
 
