@@ -5,6 +5,11 @@ every ratelimit replica (and every Envoy in front of them) counts in the same wi
 Counter keys are `<prefix>:<domain>:<digest of the descriptor>:<unit>:<window start>`:
 the digest keeps client addresses and API keys out of Redis.
 
+In Redis, one request's windows are counted by one script (EVALSHA): atomic like a
+MULTI/EXEC of INCRBY and EXPIRE per window, but one command and one reply, since this sits
+in front of every request the gateway serves. A window's expiry is set when the window is
+created and never moved, so a key outlives its window by one second at most.
+
 When a Redis call fails the counters move to this process's memory (logged once) and
 Redis is tried again every `retry_after` seconds; counting returns to Redis as soon as it
 answers. Limits therefore keep holding without Redis, per replica.
@@ -70,11 +75,27 @@ class MemoryWindows:
         return counts
 
 
+# KEYS: the windows' keys; ARGV[1]: hits; ARGV[1 + i]: seconds until KEYS[i] may expire.
+INCREMENT_WINDOWS = """
+local hits = tonumber(ARGV[1])
+local counts = {}
+for i, key in ipairs(KEYS) do
+  local count = redis.call('INCRBY', key, hits)
+  if count == hits then
+    redis.call('EXPIRE', key, ARGV[i + 1])
+  end
+  counts[i] = count
+end
+return counts
+"""
+
+
 class WindowCounter:
-    """Increments windows in Redis (one MULTI/EXEC per request), or in memory without it."""
+    """Increments windows in Redis (one script call per request), or in memory without it."""
 
     def __init__(self, redis: Redis | None, retry_after: float) -> None:
         self.redis = redis
+        self._increment_script = redis.register_script(INCREMENT_WINDOWS) if redis else None
         self.retry_after = retry_after
         self.memory = MemoryWindows()
         self.in_memory = redis is None
@@ -104,11 +125,9 @@ class WindowCounter:
         return self.memory.increment(windows, hits)
 
     async def _increment_in_redis(self, windows: Sequence[Window], hits: int) -> list[int]:
-        assert self.redis is not None
-        async with self.redis.pipeline(transaction=True) as pipe:
-            for window in windows:
-                pipe.incrby(window.key, hits)
-                # The key names its window, so refreshing the expiry never extends a window.
-                pipe.expire(window.key, window.seconds + 1)
-            results = await pipe.execute()
-        return [int(count) for count in results[0::2]]
+        assert self._increment_script is not None
+        counts = await self._increment_script(
+            keys=[window.key for window in windows],
+            args=[hits, *(window.seconds + 1 for window in windows)],
+        )
+        return [int(count) for count in counts]
