@@ -36,7 +36,10 @@ from runtime.telemetry import report_exception
 
 log = logging.getLogger("contextcache.rpc")
 _validator = protovalidate.Validator()
-QUIET_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+# Logged at DEBUG only. Rate-limit decisions come one per gateway request: Envoy's access log
+# has a line for each of those requests with its outcome, and the decisions are counted in
+# metrics, so a line per decision would double the log on the path of every request.
+QUIET_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.", "/envoy.service.ratelimit.v3.")
 
 
 def field_path(violation: protovalidate.Violation) -> str:
@@ -122,6 +125,8 @@ class _Call:
         metrics.RPC_HANDLED.labels(*self.labels, self.code.name).inc()
         metrics.RPC_SECONDS.labels(*self.labels).observe(elapsed)
         level = logging.DEBUG if self.method.startswith(QUIET_PREFIXES) else logging.INFO
+        if not log.isEnabledFor(level):
+            return  # the peer and client address cost a look at the certificate each
         log.log(
             level,
             "%s %s %.1fms peer=%s client=%s caller=%s request_id=%s",

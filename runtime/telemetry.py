@@ -21,8 +21,14 @@ from runtime.config import Settings
 log = logging.getLogger(__name__)
 
 _provider: TracerProvider | None = None
-# Health probes and reflection are not traced: they are noise.
-UNTRACED_METHODS = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+# Health probes and reflection are not traced: they are noise. Nor are Envoy's rate-limit
+# decisions: Envoy asks for one before every public call and starts no trace for it, so each
+# would be a root span of its own, made on the path of every request.
+UNTRACED_METHODS = (
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.",
+    "/envoy.service.ratelimit.v3.RateLimitService/",
+)
 SECRET_NAMES = re.compile(r"pass|token|secret|key|content|plaintext|body|text|auth", re.I)
 
 
