@@ -163,8 +163,9 @@ class Processes:
 
 class Bench:
     """One size's stack. `work` holds its data directory and, once the index is built,
-    `state.json` (sealing key, project id, chunks indexed), so a later run starts the same
-    stack on the same data."""
+    `state.json` (sealing key, project id, chunks indexed so far, whether the index is
+    complete and optimised), so a later run starts the same stack on the same data, or goes
+    on with a build that was interrupted."""
 
     def __init__(self, work: Path, mode: str, redis_url: str) -> None:
         self.work = work
@@ -217,8 +218,17 @@ class Bench:
         """Chunks in the kept index (0: none kept)."""
         return int(self.state.get("indexed", 0))
 
-    def save(self, project_id: str, indexed: int) -> None:
-        self.state = {"sealing_key": self.sealing_key, "project_id": project_id, "indexed": indexed}
+    @property
+    def complete(self) -> bool:
+        return bool(self.state.get("complete", False))
+
+    def save(self, project_id: str, indexed: int, complete: bool = False) -> None:
+        self.state = {
+            "sealing_key": self.sealing_key,
+            "project_id": project_id,
+            "indexed": indexed,
+            "complete": complete,
+        }
         self.state_path.write_text(json.dumps(self.state))
 
     def channel(self, target: str, identity: str = "operator", **kwargs) -> grpc.aio.Channel:
@@ -317,7 +327,6 @@ class Corpus:
         self.cipher = cipher
         self.project_id = project_id
         self.texts = passages()
-        self.rng = np.random.default_rng(7)
         self.sparse: list[query_internal_pb2.SparseVector] = []
         self.documents: list[str] = []
         self.created = Timestamp()
@@ -374,7 +383,9 @@ class Corpus:
                 for i, document, index in layout
             ]
         )
-        vectors = self.rng.standard_normal((stop - start, DENSE_DIM)).astype(np.float32)
+        # Seeded by position, so an interrupted build goes on with the vectors it would have made.
+        rng = np.random.default_rng([7, start])
+        vectors = rng.standard_normal((stop - start, DENSE_DIM)).astype(np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         return [
             query_internal_pb2.IndexedChunk(
@@ -464,8 +475,8 @@ def mean(values: list[float]) -> float:
 
 
 async def fill(bench: Bench, project_id: str, metadata, size: int) -> None:
-    """Indexes `size` chunks as the ingest service does it (encrypted by crypto), then
-    optimises the index."""
+    """Indexes chunks up to `size` as the ingest service does it (encrypted by crypto), from
+    where a kept build stopped, then optimises the index."""
     began = time.perf_counter()
     crypto_target = f"127.0.0.1:{bench.ports['crypto']}"
     async with bench.channel(crypto_target, "ingest") as crypto:
@@ -480,13 +491,14 @@ async def fill(bench: Bench, project_id: str, metadata, size: int) -> None:
             bench.direct, "ingest", options=[("grpc.max_send_message_length", 64 << 20)]
         ) as query_channel:
             stub = query_internal_pb2_grpc.QueryInternalServiceStub(query_channel)
-            for start in range(0, size, BATCH):
+            for start in range(bench.built, size, BATCH):
                 chunks = await corpus.chunks(start, min(size, start + BATCH))
                 await stub.IndexChunks(
                     query_internal_pb2.IndexChunksRequest(project_id=project_id, chunks=chunks),
                     metadata=metadata,
-                    timeout=300,
+                    timeout=1800,  # the index optimises as it grows, on shared cores
                 )
+                bench.save(project_id, min(size, start + BATCH))
     filled = time.perf_counter() - began
     began = time.perf_counter()
     stats = await bench.optimize_index()
@@ -507,7 +519,7 @@ async def measure_size(bench: Bench, size: int, args: argparse.Namespace) -> Non
     async with bench.channel(f"127.0.0.1:{bench.ports['projects']}") as channel:
         projects = projects_pb2_grpc.ProjectServiceStub(channel)
         project_id = bench.state.get("project_id")
-        if bench.built != size:
+        if not bench.built:
             project_id = (
                 await projects.CreateProject(
                     projects_pb2.CreateProjectRequest(name="bench", passphrase=PASSPHRASE)
@@ -522,9 +534,9 @@ async def measure_size(bench: Bench, size: int, args: argparse.Namespace) -> Non
 
         metadata = await unlock()
         print(f"\n{size:,} chunks, stack in {bench.work}", flush=True)
-        if bench.built != size:
+        if not bench.complete:
             await fill(bench, project_id, metadata, size)
-            bench.save(project_id, size)
+            bench.save(project_id, size, complete=True)
         else:
             print("  the kept index (--rebuild builds it again)")
         metadata = await unlock()  # fresh token for the measuring rounds
@@ -584,7 +596,7 @@ async def run(args: argparse.Namespace) -> None:
             if args.rebuild and work.exists():
                 shutil.rmtree(work)
             if work.exists() and not (work / "state.json").exists():
-                shutil.rmtree(work)  # a build that did not finish
+                shutil.rmtree(work)  # a build that did not index anything
             work.mkdir(parents=True, exist_ok=True)
         else:
             work = Path(tempfile.mkdtemp(prefix="bench-query-"))
