@@ -3,13 +3,12 @@
 Starts crypto, projects, query, the ratelimit service (rules raised for the bench, counting in
 Redis under a key prefix of its own, as in production) and Envoy as processes on free ports
 (embedded default: SQLite and the embedded Qdrant Edge index; the query service has no Redis,
-so no answer comes from the query cache). It creates and unlocks a project, then fills it
-through QueryService.IndexChunks with synthetic chunks: random unit 384-d vectors, the real
-BM25 term vectors of ~150 passages of the public-domain texts in examples/documents/ (keyed by
-crypto's HashTerms under the project's key), and real ciphertext of those passages made by
-crypto (each bound to its own chunk, so every returned passage is really decrypted). After the
-fill the query service is stopped, the index's HNSW optimisation is run to completion, and the
-service is started again.
+so no answer comes from the query cache). It creates and unlocks a project, then fills it with
+synthetic chunks, written as QueryService.IndexChunks writes them: random unit 384-d vectors,
+the real BM25 term vectors of ~150 passages of the public-domain texts in examples/documents/
+(keyed by crypto's HashTerms under the project's key), and real ciphertext of those passages
+made by crypto (each bound to its own chunk, so every returned passage is really decrypted).
+The index's HNSW optimisation is run to completion before the query service starts on it.
 
 Each size's stack (its data directory, sealing key and project) is kept under
 `var/bench-query/<size>/` and used again by later runs, so the 100k-chunk index is built once
@@ -55,7 +54,6 @@ sys.path.insert(0, str(ROOT))
 
 from bench.gateway_load import RAISED, free_port, raised_rules  # noqa: E402
 from contextcache.internal.v1 import query_pb2 as query_internal_pb2  # noqa: E402
-from contextcache.internal.v1 import query_pb2_grpc as query_internal_pb2_grpc  # noqa: E402
 from contextcache.v1 import (  # noqa: E402
     ingest_pb2,
     projects_pb2,
@@ -73,6 +71,7 @@ from runtime.tls import workload_identity  # noqa: E402
 from services.ingest.pipeline.extract import extract_pdf  # noqa: E402
 from services.query.index import DENSE_DIM  # noqa: E402
 from services.query.index.edge import EdgeVectorIndex  # noqa: E402
+from services.query.servicer import index_point  # noqa: E402
 
 PASSPHRASE = "bench passphrase, long enough to pass"
 CHUNKS_PER_DOCUMENT = 20
@@ -254,18 +253,6 @@ class Bench:
     def start_query(self) -> None:
         command = [sys.executable, "-m", "services.query"]
         self.processes.start("query", command, self.ports["query"], {})
-
-    async def optimize_index(self) -> dict[str, object]:
-        """Stops the query service, builds every pending HNSW graph, starts it again."""
-        self.processes.stop("query")
-        index = await EdgeVectorIndex.open(self.settings.index_path)
-        try:
-            await index.optimize()
-            stats = await index.stats()
-        finally:
-            await index.close()
-        self.start_query()
-        return stats
 
     def envoy_means(self, target: str) -> dict[str, tuple[float, int]]:
         """Envoy's cumulative (sum ms, count) of the stages it times, by name."""
@@ -475,37 +462,41 @@ def mean(values: list[float]) -> float:
 
 
 async def fill(bench: Bench, project_id: str, metadata, size: int) -> None:
-    """Indexes chunks up to `size` as the ingest service does it (encrypted by crypto), from
-    where a kept build stopped, then optimises the index."""
+    """Indexes chunks up to `size` (encrypted by crypto as ingest does it), from where a kept
+    build stopped, then optimises the index. The points are written as IndexChunks writes
+    them, but by this process with the query service stopped, so the index optimises once
+    at the end rather than every minute as it grows (which, on shared cores, took most of an
+    hour at 100k)."""
     began = time.perf_counter()
     crypto_target = f"127.0.0.1:{bench.ports['crypto']}"
-    async with bench.channel(crypto_target, "ingest") as crypto:
-        from contextcache.internal.v1 import crypto_pb2_grpc
+    bench.processes.stop("query")
+    index = await EdgeVectorIndex.open(
+        bench.settings.index_path, optimize_idle_seconds=1e9, optimize_max_delay_seconds=1e9
+    )
+    try:
+        async with bench.channel(crypto_target, "ingest") as crypto:
+            from contextcache.internal.v1 import crypto_pb2_grpc
 
-        cipher = ContentCipher(
-            crypto_pb2_grpc.CryptoInternalServiceStub(crypto), project_id, metadata[0][1]
-        )
-        corpus = Corpus(cipher, project_id)
-        await corpus.prepare()
-        async with bench.channel(
-            bench.direct, "ingest", options=[("grpc.max_send_message_length", 64 << 20)]
-        ) as query_channel:
-            stub = query_internal_pb2_grpc.QueryInternalServiceStub(query_channel)
+            cipher = ContentCipher(
+                crypto_pb2_grpc.CryptoInternalServiceStub(crypto), project_id, metadata[0][1]
+            )
+            corpus = Corpus(cipher, project_id)
+            await corpus.prepare()
             for start in range(bench.built, size, BATCH):
                 chunks = await corpus.chunks(start, min(size, start + BATCH))
-                await stub.IndexChunks(
-                    query_internal_pb2.IndexChunksRequest(project_id=project_id, chunks=chunks),
-                    metadata=metadata,
-                    timeout=1800,  # the index optimises as it grows, on shared cores
-                )
+                await index.upsert([index_point(project_id, c) for c in chunks])
                 bench.save(project_id, min(size, start + BATCH))
-    filled = time.perf_counter() - began
-    began = time.perf_counter()
-    stats = await bench.optimize_index()
+        filled = time.perf_counter() - began
+        began = time.perf_counter()
+        await index.optimize()
+        stats = await index.stats()
+    finally:
+        await index.close()
+    bench.start_query()
     print(
         f"  built: {len(corpus.texts)} distinct passages, {stats['points']:,} chunks "
-        f"({filled:.0f} s through IndexChunks, optimise + restart "
-        f"{time.perf_counter() - began:.0f} s, {stats['segments']} segments)",
+        f"({filled:.0f} s to encrypt and write, optimise {time.perf_counter() - began:.0f} s, "
+        f"{stats['segments']} segments)",
         flush=True,
     )
 

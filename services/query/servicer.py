@@ -256,6 +256,25 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         )
 
 
+def index_point(project_id: str, chunk: query_internal_pb2.IndexedChunk) -> IndexPoint:
+    return IndexPoint(
+        chunk_id=chunk.chunk_id,
+        project_id=project_id,
+        document_id=chunk.document_id,
+        chunk_index=chunk.chunk_index,
+        dense=list(chunk.dense),
+        sparse_indices=list(chunk.sparse.indices),
+        sparse_values=list(chunk.sparse.values),
+        encrypted_text=chunk.encrypted_text,
+        encrypted_title=chunk.encrypted_title,
+        encrypted_source=chunk.encrypted_source,
+        source_type=chunk.source_type,
+        start_offset=chunk.start_offset,
+        end_offset=chunk.end_offset,
+        document_created_at=chunk.document_created_at.ToNanoseconds() / 1e9,
+    )
+
+
 class QueryIndexServicer(query_internal_pb2_grpc.QueryInternalServiceServicer):
     """Index writes and deletes. Deletes need only the caller's identity (ingest, its
     worker, projects): removing vectors must always be possible, even for a document whose
@@ -282,25 +301,7 @@ class QueryIndexServicer(query_internal_pb2_grpc.QueryInternalServiceServicer):
             )
         else:
             await self.tokens.authorize(context, request.project_id)
-        points = [
-            IndexPoint(
-                chunk_id=c.chunk_id,
-                project_id=request.project_id,
-                document_id=c.document_id,
-                chunk_index=c.chunk_index,
-                dense=list(c.dense),
-                sparse_indices=list(c.sparse.indices),
-                sparse_values=list(c.sparse.values),
-                encrypted_text=c.encrypted_text,
-                encrypted_title=c.encrypted_title,
-                encrypted_source=c.encrypted_source,
-                source_type=c.source_type,
-                start_offset=c.start_offset,
-                end_offset=c.end_offset,
-                document_created_at=c.document_created_at.ToNanoseconds() / 1e9,
-            )
-            for c in request.chunks
-        ]
+        points = [index_point(request.project_id, c) for c in request.chunks]
         try:
             written = await self.index.upsert(points)
         except ValueError as error:
