@@ -461,7 +461,7 @@ def mean(values: list[float]) -> float:
     return statistics.fmean(values) if values else 0.0
 
 
-async def fill(bench: Bench, project_id: str, metadata, size: int) -> None:
+async def fill(bench: Bench, project_id: str, metadata, size: int) -> int:
     """Indexes chunks up to `size` (encrypted by crypto as ingest does it), from where a kept
     build stopped, then optimises the index. The points are written as IndexChunks writes
     them, but by this process with the query service stopped, so the index optimises once
@@ -499,6 +499,7 @@ async def fill(bench: Bench, project_id: str, metadata, size: int) -> None:
         f"{stats['segments']} segments)",
         flush=True,
     )
+    return int(stats["points"])
 
 
 def load_average() -> str:
@@ -526,8 +527,11 @@ async def measure_size(bench: Bench, size: int, args: argparse.Namespace) -> Non
         metadata = await unlock()
         print(f"\n{size:,} chunks, stack in {bench.work}", flush=True)
         if not bench.complete:
-            await fill(bench, project_id, metadata, size)
-            bench.save(project_id, size, complete=True)
+            points = await fill(bench, project_id, metadata, size)
+            # Points written but never flushed are lost when an index process is killed.
+            bench.save(project_id, points, complete=points == size)
+            if points != size:
+                print(f"  only {points:,} of {size:,} chunks were kept: run again to add the rest")
         else:
             print("  the kept index (--rebuild builds it again)")
         metadata = await unlock()  # fresh token for the measuring rounds
