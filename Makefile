@@ -125,7 +125,7 @@ lint: install ## ruff, buf lint, buf format check, tsc (web console)
 	cd $(WEB) && node_modules/.bin/tsc --noEmit
 
 .PHONY: breaking
-breaking: install ## buf breaking (FILE) against the protos of BASE (default: origin/main or HEAD)
+breaking: install ## buf breaking (FILE) of contextcache.v1 against the protos of BASE (default: HEAD^1)
 	tools/buf_breaking.sh
 
 .PHONY: migrate
