@@ -251,6 +251,14 @@ def get_status(stub, api_key: str | None = None, timeout: float = 5):
     )
 
 
+def list_projects(stub, api_key: str | None = None, timeout: float = 5):
+    """A cheap public call that counts against the client's rate limits (GetStatus does not)."""
+    metadata = (("x-api-key", api_key),) if api_key else None
+    return stub.ListProjects.with_call(
+        projects_pb2.ListProjectsRequest(page_size=1), metadata=metadata, timeout=timeout
+    )
+
+
 def wait_for_window(needed: float) -> None:
     """Fixed windows reset on the minute: start a burst only with `needed` seconds left."""
     left = 60 - time.time() % 60

@@ -477,6 +477,9 @@ def test_over_the_unlock_limit_is_a_429_saying_when_to_retry(stack, project):
         assert response.headers["x-ratelimit-remaining"] == "0"
         assert 0 < int(response.headers["x-ratelimit-reset"]) <= 60
         assert response.headers["retry-after"] == response.headers["x-ratelimit-reset"]
+        (retry_info,) = response.json()["details"]
+        assert retry_info["@type"] == "type.googleapis.com/google.rpc.RetryInfo"
+        assert retry_info["retryDelay"] == response.headers["retry-after"] + "s"
     finally:
         api.client.close()
 
