@@ -140,9 +140,13 @@ run: install ## Run the whole stack on the embedded default (Ctrl-C stops everyt
 demo: install ## Start the stack, ingest the sample documents, ask questions, stop
 	$(PY) -m examples.demo
 
+# Line coverage of our code, the services the tests start as subprocesses included
+# ([tool.coverage] in pyproject.toml); COVERAGE=no runs without measuring.
+COVERAGE ?= yes
+
 .PHONY: test
-test: install ## Run the test suite (needs PostgreSQL and Redis on 127.0.0.1 for the server tests)
-	$(PY) -m pytest -q
+test: install ## Run the test suite with a coverage report (needs PostgreSQL and Redis on 127.0.0.1 for the server tests)
+	$(PY) -m pytest -q $(if $(filter yes,$(COVERAGE)),--cov --cov-report=term)
 
 .PHONY: bench
 bench: install ## Run the benchmarks (prints figures)
