@@ -116,7 +116,8 @@ class IngestApp(ServiceApp):
 
     def dependencies(self) -> list[Dependency]:
         redis = (
-            Dependency("redis", "redis", self.queue.ping, required=False)
+            # Configured, Redis carries background jobs and their recovery: not ready without it.
+            Dependency("redis", "redis", self.queue.ping)
             if self.queue.uses_redis
             else Dependency.disabled("redis", "redis")
         )
