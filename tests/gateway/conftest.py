@@ -86,7 +86,7 @@ def spawn(name: str, command: list[str], env: dict[str, str], logs: Path) -> Pro
 
 
 def start_service(
-    module: str, port: int, env: dict[str, str], logs: Path, timeout: float = 30
+    module: str, port: int, env: dict[str, str], logs: Path, timeout: float = 90
 ) -> Process:
     process = spawn(
         module.rsplit(".", 1)[-1],
@@ -114,7 +114,7 @@ def start_service(
 
 @contextlib.contextmanager
 def service(
-    module: str, port: int, env: dict[str, str], logs: Path, timeout: float = 30
+    module: str, port: int, env: dict[str, str], logs: Path, timeout: float = 90
 ) -> Iterator[Process]:
     process = start_service(module, port, env, logs, timeout)
     try:

@@ -116,8 +116,7 @@ def test_errors_and_traces_reach_sentry_scrubbed(tmp_path, sample_rate):
             "DATA_DIR": str(data),
             "TLS_DIR": str(tmp_path / "tls"),
         }
-        # Sentry's integrations import much at start: a loaded machine needs the time.
-        with service("services.crypto", port, env, tmp_path / "logs", timeout=120) as crypto:
+        with service("services.crypto", port, env, tmp_path / "logs") as crypto:
             settings = Settings(tls_dir=tmp_path / "tls", environment="test")
             channel = grpc.secure_channel(
                 f"127.0.0.1:{port}", identity_of(settings).channel_credentials()
