@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 from sqlalchemy import create_engine, select
+from sqlalchemy.orm import Session
 
 from operations.backup.errors import BackupError
 from runtime.config import ServiceName, Settings
@@ -82,8 +83,8 @@ async def rebuild(settings: Settings, project_ids: list[str]) -> int:
             .where(DocumentRow.status == DocumentStatus.COMPLETED)
             .order_by(ChunkRow.project_id, ChunkRow.document_id, ChunkRow.chunk_index)
         )
-        with engine.connect() as connection:
-            result = connection.execute(rows.execution_options(yield_per=BATCH))
+        with Session(engine) as session:
+            result = session.execute(rows.execution_options(yield_per=BATCH))
             for batch in result.partitions(BATCH):
                 written += await index.upsert(_point(chunk, document) for chunk, document in batch)
     except VectorIndexError as error:
