@@ -6,6 +6,7 @@ restore --from DIR [--replace]
                   checks the backup, refuses a running or non-empty deployment (unless
                   --replace), loads the tables, applies newer migrations, compares the
                   counts with the manifest and rebuilds the vector index from the chunks
+rebuild-index     rebuilds the vector index alone from the tables as they are
 
 Reads the deployment's configuration from the environment like the services do
 (DATA_DIR, DATABASE_URL, QDRANT_URL/QDRANT_PATH, REDIS_URL, TOKEN_SEALING_KEY). Never
@@ -23,6 +24,7 @@ from pathlib import Path
 
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
+from sqlalchemy.exc import SQLAlchemyError
 
 from operations.backup import embedded, postgres
 from operations.backup.errors import BackupError
@@ -111,7 +113,7 @@ def restore(settings: Settings, directory: Path, replace: bool) -> tuple[Manifes
             )
         if not settings.qdrant_url:
             empty_embedded_index(settings.index_path)
-    project_ids = _project_ids(settings, kind)
+    project_ids = _project_ids(settings)
     points = asyncio.run(_index(settings, project_ids, warnings))
     current_key = sealing_key_id(settings.token_sealing_key)
     if current_key is None or current_key != manifest.token_sealing_key_id:
@@ -127,7 +129,18 @@ def restore(settings: Settings, directory: Path, replace: bool) -> tuple[Manifes
     return manifest, points, warnings
 
 
-def _project_ids(settings: Settings, kind: str) -> list[str]:
+def rebuild_index(settings: Settings) -> tuple[int, list[str]]:
+    """The index alone, from the tables as they are (a lost index, a database recovered by
+    other means)."""
+    warnings: list[str] = []
+    with embedded_index_lock(settings):
+        if not settings.qdrant_url:
+            empty_embedded_index(settings.index_path)
+    points = asyncio.run(_index(settings, _project_ids(settings), warnings))
+    return points, warnings
+
+
+def _project_ids(settings: Settings) -> list[str]:
     from sqlalchemy import create_engine
 
     from operations.backup.inventory import project_ids
@@ -175,22 +188,33 @@ def main(argv: list[str] | None = None) -> int:
     restore_cmd.add_argument(
         "--replace", action="store_true", help="overwrite the deployment's existing tables"
     )
+    commands.add_parser(
+        "rebuild-index", help="rebuild the vector index from the tables (deployment stopped)"
+    )
     args = parser.parse_args(argv)
     settings = load_settings()
     try:
         if args.command == "create":
             manifest = create(settings, args.to)
+            warnings = []
             print(f"backup written to {args.to} ({manifest.database}): {_summary(manifest.counts)}")
+        elif args.command == "rebuild-index":
+            points, warnings = rebuild_index(settings)
+            print(f"vector index rebuilt with {points} points")
         else:
             manifest, points, warnings = restore(settings, args.source, args.replace)
             print(
                 f"restored the backup of {manifest.created_at} ({manifest.database}): "
                 f"{_summary(manifest.counts)}; vector index rebuilt with {points} points"
             )
-            for warning in warnings:
-                print(f"warning: {warning}", file=sys.stderr)
+        for warning in warnings:
+            print(f"warning: {warning}", file=sys.stderr)
     except BackupError as error:
         print(f"backup {args.command}: {error}", file=sys.stderr)
+        return 1
+    except SQLAlchemyError as error:
+        # The operator's own database: its message is what they need (no caller to hide it from).
+        print(f"backup {args.command}: database error: {error}", file=sys.stderr)
         return 1
     return 0
 

@@ -90,8 +90,8 @@ async def rebuild(settings: Settings, project_ids: list[str]) -> int:
     except VectorIndexError as error:
         raise BackupError(
             f"rebuilding the vector index failed after {written} points: {error}. The "
-            "databases are restored; run the restore again with --replace, or let each "
-            "project's owner run ReindexProject"
+            "tables are as they were; run `python -m operations.backup rebuild-index` again "
+            "once the index is reachable"
         ) from None
     finally:
         await index.close()

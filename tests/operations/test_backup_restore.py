@@ -21,6 +21,7 @@ import pytest
 
 from contextcache.v1 import crypto_pb2, ingest_pb2, projects_pb2, query_pb2
 from tests.conftest import PASSPHRASE, new_project, running_stack
+from tests.query.test_query import ingest_text
 
 pytestmark = pytest.mark.slow
 
@@ -74,15 +75,7 @@ async def operator_command(settings, *args: str) -> tuple[int, str, str]:
 
 async def ingest(stack, project_id: str, token, texts: dict[str, str]) -> None:
     for title, body in texts.items():
-        document = (
-            await stack.ingest.IngestDocument(
-                ingest_pb2.IngestDocumentRequest(
-                    project_id=project_id, text=ingest_pb2.TextSource(title=title, body=body)
-                ),
-                metadata=token,
-            )
-        ).document
-        assert document.status == ingest_pb2.DOCUMENT_STATUS_COMPLETED, document.error
+        await ingest_text(stack, project_id, token, title, body)
 
 
 async def answers(stack, project_id: str, token) -> list[list[tuple]]:
@@ -232,6 +225,17 @@ async def test_restore_drill(database, make_settings, tmp_path):
             )
             assert code == 1 and "in use by another process" in err
             assert await documents(stack, alpha.id, tokens[alpha.id]) != listed[alpha.id]
+            after = await answers(stack, beta.id, tokens[beta.id])
+
+    if not settings.database_url:
+        # A lost index alone is rebuilt from the tables.
+        shutil.rmtree(settings.index_path)
+        code, out, err = await operator_command(settings, "rebuild-index")
+        assert code == 0, err
+        assert f"rebuilt with {len(ALPHA) + len(BETA) + 1} points" in out
+        async with running_stack(deployment) as stack:
+            token = await unlock(stack, beta.id, OTHER_PASSPHRASE)
+            assert await answers(stack, beta.id, token) == after == before[beta.id]
 
 
 async def test_restore_refuses_a_deployment_that_has_data(make_settings, tmp_path):
