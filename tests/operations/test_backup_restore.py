@@ -20,7 +20,7 @@ import psycopg
 import pytest
 
 from contextcache.v1 import crypto_pb2, ingest_pb2, projects_pb2, query_pb2
-from tests.conftest import PASSPHRASE, new_project, running_stack
+from tests.conftest import PASSPHRASE, eventually, new_project, running_stack
 from tests.query.test_query import ingest_text
 
 pytestmark = pytest.mark.slow
@@ -255,3 +255,80 @@ async def test_restore_refuses_a_deployment_that_has_data(make_settings, tmp_pat
 
     code, _, err = await operator_command(settings, "create", "--to", str(backup))
     assert code == 1 and "not empty" in err
+
+
+LEDGER = " ".join(
+    f"Ledger line {n}: crane {n} of the harbour lifted {n * 7} crates of tea, and the tally "
+    f"clerk signed sheet {n}."
+    for n in range(250)
+)
+
+
+async def test_a_document_being_ingested_at_backup_time_completes_after_the_restore(
+    make_settings, tmp_path
+):
+    sealing_key = base64.b64encode(os.urandom(32)).decode()
+
+    def deployment(**overrides):
+        return make_settings(token_sealing_key=sealing_key, **overrides)
+
+    backup = tmp_path / "backup"
+    async with running_stack(deployment) as stack:
+        settings = stack.settings
+        project, token = await new_project(stack)
+        await ingest(stack, project.id, token, {"Tides": ALPHA["Tides"]})
+        # The query service is away: the document is embedded and stored, and its job keeps
+        # retrying the index step, so it is surely in flight when the backup is taken.
+        await stack.stop_service("query")
+        ledger = (
+            await stack.ingest.IngestDocument(
+                ingest_pb2.IngestDocumentRequest(
+                    project_id=project.id,
+                    text=ingest_pb2.TextSource(title="Ledger", body=LEDGER),
+                    background=True,
+                ),
+                metadata=token,
+            )
+        ).document
+
+        async def retrying() -> bool:
+            document = (
+                await stack.ingest.GetDocument(
+                    ingest_pb2.GetDocumentRequest(project_id=project.id, document_id=ledger.id),
+                    metadata=token,
+                )
+            ).document
+            assert document.status == ingest_pb2.DOCUMENT_STATUS_PROCESSING, document
+            return document.transient_failures > 0
+
+        await eventually(retrying, timeout=180, every=0.2)
+        code, out, err = await operator_command(settings, "create", "--to", str(backup))
+        assert code == 0, err
+        assert "1 completed, 1 processing" in out
+
+    destroy(settings)
+    code, out, err = await operator_command(settings, "restore", "--from", str(backup))
+    assert code == 0, err
+    assert err == ""  # same sealing key: nothing is left that cannot resume
+
+    # The job's lease, taken before the backup, lapses after the restore and ingest runs it
+    # again (a shorter lease from now on shortens the wait).
+    async with running_stack(deployment, ingest_lease_seconds=5) as stack:
+        token = await unlock(stack, project.id, PASSPHRASE)
+
+        async def completed() -> bool:
+            listed = await documents(stack, project.id, token)
+            assert all(d.status != ingest_pb2.DOCUMENT_STATUS_FAILED for d in listed), listed
+            return [d.status for d in listed] == [ingest_pb2.DOCUMENT_STATUS_COMPLETED] * 2
+
+        await eventually(completed, timeout=180, every=0.5)
+        response = await stack.query.Query(
+            query_pb2.QueryRequest(
+                project_id=project.id, query="crane 212 of the harbour lifted crates", top_k=1
+            ),
+            metadata=token,
+        )
+        assert response.passages[0].document_id == ledger.id
+        assert "crane 212 " in response.passages[0].text
+        chain = await audit(stack, project)
+        assert chain.valid, chain.reason
