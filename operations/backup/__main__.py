@@ -47,6 +47,7 @@ def _kind(settings: Settings) -> str:
 def create(settings: Settings, directory: Path) -> Manifest:
     if directory.exists() and any(directory.iterdir()):
         raise BackupError(f"{directory} is not empty: give a new directory for each backup")
+    existed = directory.exists()
     directory.mkdir(parents=True, exist_ok=True)
     kind = _kind(settings)
     try:
@@ -62,8 +63,16 @@ def create(settings: Settings, directory: Path) -> Manifest:
         )
         write_manifest(directory, manifest)
     except BaseException:
-        # No half-written backup is left to be mistaken for a good one.
-        shutil.rmtree(directory, ignore_errors=True)
+        # No half-written backup is left to be mistaken for a good one (a directory the
+        # operator made is emptied, not removed).
+        if existed:
+            for entry in directory.iterdir():
+                if entry.is_dir():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+        else:
+            shutil.rmtree(directory, ignore_errors=True)
         raise
     return manifest
 
