@@ -59,6 +59,8 @@ async def operator_command(settings, *args: str) -> tuple[int, str, str]:
     )
     if settings.database_url:
         env["DATABASE_URL"] = settings.database_url
+    if settings.redis_url:
+        env["REDIS_URL"] = settings.redis_url
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -332,3 +334,44 @@ async def test_a_document_being_ingested_at_backup_time_completes_after_the_rest
         assert "crane 212 " in response.passages[0].text
         chain = await audit(stack, project)
         assert chain.valid, chain.reason
+
+
+async def test_restoring_an_older_backup_forgets_what_came_after(
+    make_settings, redis_url, tmp_path
+):
+    """--replace over a deployment that moved on: its later documents and audit events are
+    gone, and no query ranking cached after the backup (Redis) is served."""
+    sealing_key = base64.b64encode(os.urandom(32)).decode()
+
+    def deployment(**overrides):
+        return make_settings(token_sealing_key=sealing_key, redis_url=redis_url, **overrides)
+
+    backup = tmp_path / "backup"
+    async with running_stack(deployment) as stack:
+        settings = stack.settings
+        project, token = await new_project(stack)
+        await ingest(stack, project.id, token, ALPHA)
+        then = await answers(stack, project.id, token)
+        listed = await documents(stack, project.id, token)
+        chain = await audit(stack, project)
+        code, _, err = await operator_command(settings, "create", "--to", str(backup))
+        assert code == 0, err
+
+        await ingest(stack, project.id, token, BETA)
+        assert await answers(stack, project.id, token) != then  # cached at the new generation
+
+    code, _, err = await operator_command(settings, "restore", "--from", str(backup))
+    assert code == 1 and "--replace" in err
+    code, _, err = await operator_command(settings, "restore", "--from", str(backup), "--replace")
+    assert code == 0, err
+
+    async with running_stack(deployment) as stack:
+        head = await stack.crypto.GetAuditHead(
+            crypto_pb2.GetAuditHeadRequest(project_id=project.id)
+        )
+        assert head.head == chain.head
+        token = await unlock(stack, project.id, PASSPHRASE)
+        assert await documents(stack, project.id, token) == listed
+        assert await answers(stack, project.id, token) == then
+        restored = await audit(stack, project)
+        assert restored.valid and restored.events_verified == chain.events_verified + 1
