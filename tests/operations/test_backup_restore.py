@@ -126,6 +126,13 @@ async def unlock(stack, project_id: str, passphrase: str):
     return (("x-unlock-token", unlocked.unlock_token),)
 
 
+def one_deployment(make_settings, **fixed):
+    """Settings of one deployment across restarts: the same token sealing key every time
+    (it is kept beside backups, never in them)."""
+    sealing_key = base64.b64encode(os.urandom(32)).decode()
+    return lambda **overrides: make_settings(token_sealing_key=sealing_key, **fixed, **overrides)
+
+
 def destroy(settings) -> None:
     """What a lost machine leaves: no data directory (index, TLS, SQLite files), no tables."""
     shutil.rmtree(settings.data_dir)
@@ -136,10 +143,7 @@ def destroy(settings) -> None:
 
 
 async def test_restore_drill(database, make_settings, tmp_path):
-    sealing_key = base64.b64encode(os.urandom(32)).decode()
-
-    def deployment(**overrides):
-        return make_settings(database_url=database, token_sealing_key=sealing_key, **overrides)
+    deployment = one_deployment(make_settings, database_url=database)
 
     backup = tmp_path / "backup"
     async with running_stack(deployment) as stack:
@@ -269,10 +273,7 @@ LEDGER = " ".join(
 async def test_a_document_being_ingested_at_backup_time_completes_after_the_restore(
     make_settings, tmp_path
 ):
-    sealing_key = base64.b64encode(os.urandom(32)).decode()
-
-    def deployment(**overrides):
-        return make_settings(token_sealing_key=sealing_key, **overrides)
+    deployment = one_deployment(make_settings)
 
     backup = tmp_path / "backup"
     async with running_stack(deployment) as stack:
@@ -341,10 +342,7 @@ async def test_restoring_an_older_backup_forgets_what_came_after(
 ):
     """--replace over a deployment that moved on: its later documents and audit events are
     gone, and no query ranking cached after the backup (Redis) is served."""
-    sealing_key = base64.b64encode(os.urandom(32)).decode()
-
-    def deployment(**overrides):
-        return make_settings(token_sealing_key=sealing_key, redis_url=redis_url, **overrides)
+    deployment = one_deployment(make_settings, redis_url=redis_url)
 
     backup = tmp_path / "backup"
     async with running_stack(deployment) as stack:
