@@ -132,6 +132,20 @@ breaking: install ## buf breaking (FILE) of contextcache.v1 against the protos o
 migrate: install ## Apply database migrations of every service (DATABASE_URL or the embedded SQLite files)
 	$(PY) -m runtime.migrate
 
+# Backups (docs/operations.md). `make backup` writes to BACKUP (default backups/<UTC time>);
+# `make restore BACKUP=DIR` needs the directory named; REPLACE=yes overwrites existing data.
+BACKUP ?= backups/$(shell date -u +%Y%m%dT%H%M%SZ)
+REPLACE ?= no
+
+.PHONY: backup
+backup: install ## Back up the deployment (DATA_DIR or DATABASE_URL) into BACKUP=DIR (default backups/<time>)
+	$(PY) -m operations.backup create --to "$(BACKUP)"
+
+.PHONY: restore
+restore: install ## Restore BACKUP=DIR into the stopped deployment and rebuild its index (REPLACE=yes overwrites)
+	$(if $(filter file,$(origin BACKUP)),$(error make restore needs BACKUP=DIR, the backup to restore))
+	$(PY) -m operations.backup restore --from "$(BACKUP)" $(if $(filter yes,$(REPLACE)),--replace)
+
 .PHONY: run
 run: install ## Run the whole stack on the embedded default (Ctrl-C stops everything)
 	$(PY) -m runtime.stack
