@@ -47,7 +47,7 @@ from services.ingest.pipeline.errors import IngestError
 from services.ingest.pipeline.fetch import AddressPolicy, resolve_host
 from services.ingest.status import DocumentStatus
 from services.ingest.store import DocumentStore
-from services.ingest.transfer import discard_content, export_content, import_content
+from services.ingest.transfer import export_content, import_content
 from services.ingest.watch import StreamSlots
 
 log = logging.getLogger(__name__)
@@ -474,7 +474,7 @@ class IngestInternalServicer(ingest_internal_pb2_grpc.IngestInternalServiceServi
         )
 
     async def DiscardImportedContent(self, request, context):
-        await discard_content(self.store, request.project_id)
+        await self.store.discard(request.project_id)
         return ingest_internal_pb2.DiscardImportedContentResponse()
 
     async def IndexProject(self, request, context):

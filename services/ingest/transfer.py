@@ -12,15 +12,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from google.protobuf import timestamp_pb2
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from contextcache.internal.v1 import bundle_pb2
 from runtime.db import as_utc, utcnow
 from runtime.errors import AlreadyExists, InvalidArgument
-from services.ingest.models import ChunkRow, DocumentRow, FactRow
+from services.ingest.models import DocumentRow, FactRow
 from services.ingest.status import DocumentStatus
-from services.ingest.store import CHUNKS, DOCUMENTS, FACTS, DocumentStore, _delete_documents
+from services.ingest.store import CHUNKS, DOCUMENTS, FACTS, DocumentStore
 
 # A batch closes once it holds about this many bytes (the bundle's frames stay small).
 BATCH_BYTES = 1024 * 1024
@@ -177,21 +177,6 @@ async def import_content(
             "A document or chunk of this bundle exists in this deployment already"
         ) from None
     return documents, chunks, facts
-
-
-async def discard_content(store: DocumentStore, project_id: str) -> None:
-    """Removes a project's documents, chunks and facts (an import that did not finish)."""
-    async with store.sessions.begin() as session:
-        ids = list(
-            (
-                await session.scalars(
-                    select(DocumentRow.id).where(DocumentRow.project_id == project_id)
-                )
-            ).all()
-        )
-        await _delete_documents(session, ids)
-        # Rows whose document never landed cannot exist (foreign keys), but be thorough.
-        await session.execute(delete(ChunkRow).where(ChunkRow.project_id == project_id))
 
 
 def _check_owned(known: set[str], document_ids, what: str) -> None:  # type: ignore[no-untyped-def]

@@ -35,6 +35,7 @@ from services.projects.transfer import (
     BundleSpool,
     ProjectExport,
     ProjectImport,
+    imported_row,
     pieces,
     read_summary,
     receive,
@@ -338,23 +339,7 @@ class ProjectServicer(projects_pb2_grpc.ProjectServiceServicer):
             passphrase = await receive(request_iterator, spool)
             reader = BundleReader(spool.file)
             summary = await read_summary(reader)
-            header = summary.header
-            name = clean_name(header.name)
-            keyring = header.keyring
-            now = utcnow()
-            row = ProjectRow(
-                id=header.project_id,
-                name=name,
-                description=header.description.strip(),
-                created_at=header.created_at.ToDatetime(tzinfo=now.tzinfo)
-                if header.HasField("created_at")
-                else now,
-                updated_at=now,
-                salt=keyring.salt,
-                public_key=keyring.public_key,
-                keyring=keyring.SerializeToString(),
-                keyring_version=1,
-            )
+            row = imported_row(summary.header, clean_name(summary.header.name))
             await self.store.claim_import(row)
             steps = ProjectImport(self.store, self.crypto, self.ingest, reader, summary)
             try:

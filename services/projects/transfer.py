@@ -258,6 +258,25 @@ class ProjectImport:
         await self.store.abandon_import(self.project_id)
 
 
+def imported_row(header: bundle_pb2.BundleHeader, name: str) -> ProjectRow:
+    """The project row a bundle's header makes (`name` already cleaned)."""
+    now = utcnow()
+    keyring = header.keyring
+    return ProjectRow(
+        id=header.project_id,
+        name=name,
+        description=header.description.strip(),
+        created_at=header.created_at.ToDatetime(tzinfo=now.tzinfo)
+        if header.HasField("created_at")
+        else now,
+        updated_at=now,
+        salt=keyring.salt,
+        public_key=keyring.public_key,
+        keyring=keyring.SerializeToString(),
+        keyring_version=1,
+    )
+
+
 async def read_summary(reader: BundleReader) -> BundleSummary:
     """The bundle's shape checked and its digest computed, off the event loop."""
     summary = await asyncio.to_thread(reader.summary)

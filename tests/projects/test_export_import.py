@@ -20,8 +20,10 @@ from services.crypto import canonical
 from tests.conftest import PASSPHRASE, fresh_database, new_project, running_stack
 
 BODIES = {
-    "Tides": "The moon pulls the oceans, and the tides rise and fall twice a day along the coast.",
-    "Bees": "Honey bees dance in the hive to tell their sisters where the flowers bloom.",
+    "Tides": "The moon pulls the oceans, and the tides rise and fall twice a day along the coast. "
+    "The moon is a natural satellite.",
+    "Bees": "Honey bees dance in the hive to tell their sisters where the flowers bloom. "
+    "Honey bees are social insects.",
 }
 SECRET_PHRASE = b"tell their sisters where the flowers"
 
@@ -112,6 +114,12 @@ async def test_round_trip_to_another_deployment(make_settings, tmp_path, databas
         await ingest(source, project.id, token)
         questions = ["why do tides rise?", "how do bees share where flowers are?"]
         expected = [await top_passages(source, project.id, token, q) for q in questions]
+        stats = (
+            await source.projects.GetProjectStats(
+                projects_pb2.GetProjectStatsRequest(project_id=project.id)
+            )
+        ).stats
+        assert stats.fact_count > 0  # facts travel too
         bundle = await export(source, project.id, token)
         source_events = [e async for e in _all_events(source, project.id, token)]
 
@@ -124,6 +132,17 @@ async def test_round_trip_to_another_deployment(make_settings, tmp_path, databas
         assert imported.project.name == "field notes"
         assert imported.project.public_key == project.public_key
         assert (imported.documents_imported, imported.chunks_imported) == (2, 2)
+        assert imported.facts_imported == stats.fact_count
+        imported_stats = (
+            await target.projects.GetProjectStats(
+                projects_pb2.GetProjectStatsRequest(project_id=project.id)
+            )
+        ).stats
+        assert (imported_stats.documents_completed, imported_stats.fact_count) == (
+            2,
+            stats.fact_count,
+        )
+        assert imported_stats.stored_bytes == stats.stored_bytes
         assert imported.audit_events_imported == len(source_events)
         assert imported.chunks_indexed == 2
 
@@ -274,3 +293,20 @@ async def test_export_needs_the_unlock_token(stack):
     _, other_token = await new_project(stack, name="other")
     foreign = await failure(export(stack, project.id, other_token))
     assert foreign.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_a_bundle_over_the_size_limit_is_refused_and_leaves_nothing(make_settings, tmp_path):
+    async with running_stack(make_settings) as source:
+        project, token = await new_project(source)
+        await ingest(source, project.id, token)
+        bundle = await export(source, project.id, token)
+    async with running_stack(
+        make_settings, data_dir=tmp_path / "small", import_max_bytes=len(bundle) - 1
+    ) as target:
+        error = await failure(import_bundle(target, bundle))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "IMPORT_MAX_BYTES" in error.details()
+        missing = await failure(
+            target.projects.GetProject(projects_pb2.GetProjectRequest(project_id=project.id))
+        )
+        assert missing.code() == grpc.StatusCode.NOT_FOUND
