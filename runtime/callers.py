@@ -55,6 +55,7 @@ INTERNAL_CALLERS: Mapping[str, frozenset[str]] = {
     _CRYPTO + "SignBundle": frozenset({"projects"}),
     _CRYPTO + "ExportAuditChain": frozenset({"projects"}),
     _CRYPTO + "ImportProjectKeys": frozenset({"projects"}),
+    _CRYPTO + "DiscardImportedKeys": frozenset({"projects"}),
     _INGEST + "ExportContent": frozenset({"projects"}),
     _INGEST + "ImportContent": frozenset({"projects"}),
     _INGEST + "DiscardImportedContent": frozenset({"projects"}),

@@ -19,12 +19,12 @@ from collections.abc import AsyncIterator, Sequence
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from sqlalchemy import insert, select
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from contextcache.v1 import crypto_pb2
-from runtime.errors import AlreadyExists, DataLoss
+from runtime.errors import AlreadyExists, DataLoss, FailedPrecondition
 from services.crypto import canonical
 from services.crypto.audit import GENESIS_HASH, event_hash
 from services.crypto.models import audit_chains, audit_events, keyrings
@@ -109,8 +109,9 @@ async def import_chain(
     public_key: bytes,
     generation: int,
     batches: AsyncIterator[Sequence[crypto_pb2.AuditEvent]],
-) -> tuple[int, bool]:
-    """Registers the keyring and stores the chain, all or nothing; (events, already_present).
+) -> tuple[int, bool, bytes]:
+    """Registers the keyring and stores the chain, all or nothing; (events, already_present,
+    head hash).
 
     A project already known here is refused, unless it holds exactly this key and chain (a
     retried import): then nothing is written and already_present is True.
@@ -127,7 +128,7 @@ async def _import_chain(
     public_key: bytes,
     generation: int,
     batches: AsyncIterator[Sequence[crypto_pb2.AuditEvent]],
-) -> tuple[int, bool]:
+) -> tuple[int, bool, bytes]:
     replay = ChainReplay(project_id, public_key)
     async with engine.begin() as connection:
         known = await _known(connection, project_id)
@@ -154,7 +155,7 @@ async def _import_chain(
             )
             if not same:
                 raise AlreadyExists(f"Project {project_id} exists in this deployment")
-            return replay.count, True
+            return replay.count, True, replay.head_hash
         await connection.execute(
             insert(audit_chains).values(
                 project_id=project_id,
@@ -164,7 +165,40 @@ async def _import_chain(
                 created_at_us=int(time.time() * 1e6),
             )
         )
-    return replay.count, False
+    return replay.count, False, replay.head_hash
+
+
+async def discard_chain(engine: AsyncEngine, project_id: str, head_hash: bytes) -> bool:
+    """Removes an imported keyring and chain, only while they are exactly as imported: the
+    head is `head_hash` and no event was appended here (appends carry an event id, imported
+    events none). False when there is nothing to remove."""
+    async with engine.begin() as connection:
+        chain = (
+            await connection.execute(
+                select(audit_chains)
+                .where(audit_chains.c.project_id == project_id)
+                .with_for_update()
+            )
+        ).first()
+        if chain is None:
+            return False
+        appended = await connection.scalar(
+            select(func.count())
+            .select_from(audit_events)
+            .where(audit_events.c.project_id == project_id, audit_events.c.event_id.is_not(None))
+        )
+        if appended or not hmac.compare_digest(chain.head_hash, head_hash):
+            raise FailedPrecondition(
+                f"The audit chain of project {project_id} moved on since it was imported: kept"
+            )
+        await connection.execute(
+            delete(audit_events).where(audit_events.c.project_id == project_id)
+        )
+        await connection.execute(
+            delete(audit_chains).where(audit_chains.c.project_id == project_id)
+        )
+        await connection.execute(delete(keyrings).where(keyrings.c.project_id == project_id))
+    return True
 
 
 async def _known(connection: AsyncConnection, project_id: str) -> tuple[bytes, int, bytes] | None:

@@ -33,7 +33,7 @@ from runtime.tls import peer_identity
 from runtime.tokens import ANY_SCOPE, TOKEN_ENDED, UNLOCK_ONLY, Scope, token_from
 from services.crypto.aead import Aead, AeadError
 from services.crypto.audit import AuditChain
-from services.crypto.bundles import import_chain, sign_bundle, verify_bundle
+from services.crypto.bundles import discard_chain, import_chain, sign_bundle, verify_bundle
 from services.crypto.content import ProjectCipher
 from services.crypto.kdf import KdfParams, PassphraseKdf
 from services.crypto.keyring import create_keyring, generation_of, open_keyring, rewrap_keyring
@@ -433,7 +433,7 @@ class CryptoInternalServicer(internal_pb2_grpc.CryptoInternalServiceServicer):
                     raise InvalidArgument.for_field("events", "Only events may follow the start")
                 yield message.events.events
 
-        count, present = await import_chain(
+        count, present, head_hash = await import_chain(
             self.audit.engine,
             str(project_id),
             keyring.public_key,
@@ -442,5 +442,10 @@ class CryptoInternalServicer(internal_pb2_grpc.CryptoInternalServiceServicer):
         )
         self.registry.forget(str(project_id))
         return internal_pb2.ImportProjectKeysResponse(
-            events_imported=count, already_present=present
+            events_imported=count, already_present=present, head_hash=head_hash
         )
+
+    async def DiscardImportedKeys(self, request, context):
+        discarded = await discard_chain(self.audit.engine, request.project_id, request.head_hash)
+        self.registry.forget(request.project_id)
+        return internal_pb2.DiscardImportedKeysResponse(discarded=discarded)

@@ -10,9 +10,8 @@ and only then lets the other services take them, in this order, each in one tran
 the projects row in state `importing` (which claims the id), crypto (opens the keyring with
 the passphrase, verifies the signature under that keyring's own signing key, replays and
 stores the chain), ingest (documents, chunks, facts), then the row turns active with its
-PROJECT_IMPORTED event. A failed step undoes the earlier ones (crypto's, identical for a
-retry of the same bundle, is kept and accepted again), so an import lands whole or not at
-all. Nothing here decrypts content or logs a passphrase.
+PROJECT_IMPORTED event. A failed step undoes the earlier ones, so an import lands whole or
+not at all. Nothing here decrypts content or logs a passphrase.
 """
 
 from __future__ import annotations
@@ -184,7 +183,10 @@ class ProjectImport:
         self.reader = reader
         self.summary = summary
         self.project_id = summary.header.project_id
-        self._content_sent = False
+        # What undo() must remove: crypto's keyring and chain (their head hash) once stored
+        # by this import; ingest's content once stored, or when the outcome is unknown.
+        self._keys_head: bytes | None = None
+        self._content_may_be_stored = False
 
     async def import_keys(self, passphrase: str) -> crypto_internal_pb2.ImportProjectKeysResponse:
         header = self.summary.header
@@ -205,7 +207,10 @@ class ProjectImport:
                 )
 
         async with calling("crypto", "ImportProjectKeys"):
-            return await self.crypto.ImportProjectKeys(messages(), timeout=600)
+            imported = await self.crypto.ImportProjectKeys(messages(), timeout=600)
+        if not imported.already_present:
+            self._keys_head = imported.head_hash
+        return imported
 
     async def open(self, passphrase: str) -> crypto_internal_pb2.OpenKeyringResponse:
         async with calling("crypto", "OpenKeyring"):
@@ -223,9 +228,17 @@ class ProjectImport:
             for record in self.reader.records("content"):
                 yield ingest_pb2.ImportContentRequest(batch=record.content)
 
-        self._content_sent = True
-        async with calling("ingest", "ImportContent"):
-            return await self.ingest.ImportContent(messages(), timeout=600)
+        # One transaction in ingest: an error from ingest means nothing was stored; an
+        # answer, or none (UNAVAILABLE: it may have committed before the answer was lost),
+        # means undo() must remove it.
+        try:
+            async with calling("ingest", "ImportContent"):
+                stored = await self.ingest.ImportContent(messages(), timeout=600)
+        except Unavailable:
+            self._content_may_be_stored = True
+            raise
+        self._content_may_be_stored = True
+        return stored
 
     async def index(self, token: str) -> int:
         """The project's index, built by ingest from the stored vectors; 0 (and a warning)
@@ -243,18 +256,27 @@ class ProjectImport:
         return indexed.chunks_indexed
 
     async def undo(self) -> None:
-        """Removes what this import stored (crypto's part stays: a retry of this bundle is
-        accepted against it; another bundle for this id is refused)."""
-        if self._content_sent:
-            try:
+        """Removes what this import stored, latest first. The row (which holds the id) goes
+        last, and only once the rest is gone: a step that cannot be undone now (a service
+        away) leaves the id claimed rather than a half-imported project reachable."""
+        try:
+            if self._content_may_be_stored:
                 async with calling("ingest", "DiscardImportedContent"):
                     await self.ingest.DiscardImportedContent(
                         ingest_pb2.DiscardImportedContentRequest(project_id=self.project_id),
                         timeout=60,
                     )
-            except Exception:  # noqa: BLE001 — logged; the row below keeps the id unusable
-                log.error("could not discard the content of failed import %s", self.project_id)
-                return
+            if self._keys_head is not None:
+                async with calling("crypto", "DiscardImportedKeys"):
+                    await self.crypto.DiscardImportedKeys(
+                        crypto_internal_pb2.DiscardImportedKeysRequest(
+                            project_id=self.project_id, head_hash=self._keys_head
+                        ),
+                        timeout=60,
+                    )
+        except Exception:  # noqa: BLE001 — logged; the importing row keeps the id claimed
+            log.error("could not undo the failed import of project %s", self.project_id)
+            return
         await self.store.abandon_import(self.project_id)
 
 

@@ -15,6 +15,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from contextcache.internal.v1 import bundle_pb2
+from contextcache.internal.v1 import ingest_pb2 as ingest_internal_pb2
+from contextcache.internal.v1 import ingest_pb2_grpc as ingest_internal_pb2_grpc
 from contextcache.v1 import crypto_pb2, ingest_pb2, projects_pb2, query_pb2
 from services.crypto import canonical
 from tests.conftest import PASSPHRASE, fresh_database, new_project, running_stack
@@ -310,3 +312,28 @@ async def test_a_bundle_over_the_size_limit_is_refused_and_leaves_nothing(make_s
             target.projects.GetProject(projects_pb2.GetProjectRequest(project_id=project.id))
         )
         assert missing.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_step_that_fails_after_crypto_took_the_chain_undoes_it(make_settings, tmp_path):
+    """Ingest refuses the content (here: the id was purged from it before) after crypto has
+    stored keyring and chain: the import fails and crypto's part is removed again."""
+    async with running_stack(make_settings) as source:
+        project, token = await new_project(source)
+        await ingest(source, project.id, token)
+        bundle = await export(source, project.id, token)
+    async with running_stack(make_settings, data_dir=tmp_path / "target") as target:
+        purge = ingest_internal_pb2_grpc.IngestInternalServiceStub(
+            target.channel_as("ingest", "projects")
+        )
+        await purge.PurgeProject(ingest_internal_pb2.PurgeProjectRequest(project_id=project.id))
+        refused = await failure(import_bundle(target, bundle))
+        assert refused.code() == grpc.StatusCode.ALREADY_EXISTS
+        assert "deleted from this deployment" in refused.details()
+        missing = await failure(
+            target.projects.GetProject(projects_pb2.GetProjectRequest(project_id=project.id))
+        )
+        assert missing.code() == grpc.StatusCode.NOT_FOUND
+        head = await target.crypto.GetAuditHead(
+            crypto_pb2.GetAuditHeadRequest(project_id=project.id)
+        )
+        assert head.head.seq == 0  # crypto's keyring and chain are gone too
