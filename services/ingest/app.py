@@ -143,5 +143,5 @@ class IngestApp(ServiceApp):
         )
         ingest_pb2_grpc.add_IngestServiceServicer_to_server(servicer, server)
         ingest_internal_pb2_grpc.add_IngestInternalServiceServicer_to_server(
-            IngestInternalServicer(self.store), server
+            IngestInternalServicer(self.store, self.tokens, self.query), server
         )

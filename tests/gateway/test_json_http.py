@@ -313,6 +313,36 @@ def test_audit_chain(api, project):
     assert int(verified["eventsVerified"]) >= int(head["seq"])
 
 
+def test_export_streams_a_bundle_and_import_takes_one_as_a_json_array(api, project):
+    pid, headers = project["id"], {"x-unlock-token": project["token"]}
+    pieces = api.ok(
+        "ProjectService/ExportProject", "GET", f"/v1/projects/{pid}:export", headers=headers
+    )
+    bundle = b"".join(base64.b64decode(piece["data"]) for piece in pieces)
+    assert bundle.startswith(b"CCBUNDLE")
+
+    def b64(data: bytes) -> str:
+        return base64.b64encode(data).decode()
+
+    # A client stream over JSON is an array of messages. The bundle is whole and this
+    # deployment holds its project: ALREADY_EXISTS, HTTP 409; cut short, DATA_LOSS.
+    again = api.call(
+        "ProjectService/ImportProject",
+        "POST",
+        "/v1/projects:import",
+        json=[{"passphrase": PASSPHRASE, "data": b64(bundle[:1000])}, {"data": b64(bundle[1000:])}],
+    )
+    assert again.status_code == 409, again.text
+    assert again.json()["code"] == 6  # ALREADY_EXISTS
+    cut = api.call(
+        "ProjectService/ImportProject",
+        "POST",
+        "/v1/projects:import",
+        json=[{"passphrase": PASSPHRASE, "data": b64(bundle[:-1])}],
+    )
+    assert cut.json()["code"] == 15, cut.text  # DATA_LOSS
+
+
 def test_crypto_primitives(api):
     salt = api.ok("CryptoService/GenerateSalt", "POST", "/v1/crypto:generateSalt", json={})
     assert len(base64.b64decode(salt["salt"])) == 16
