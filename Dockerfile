@@ -13,8 +13,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     DATA_DIR=/tmp/var \
     HF_HOME=/tmp/huggingface
 
+# postgresql-client: pg_dump and pg_restore for `python -m operations.backup` (docs/operations.md).
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends make \
+    && apt-get install -y --no-install-recommends make postgresql-client \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin app
 

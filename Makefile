@@ -125,12 +125,26 @@ lint: install ## ruff, buf lint, buf format check, tsc (web console)
 	cd $(WEB) && node_modules/.bin/tsc --noEmit
 
 .PHONY: breaking
-breaking: install ## buf breaking (FILE) against the protos of BASE (default: origin/main or HEAD)
+breaking: install ## buf breaking (FILE) of contextcache.v1 against the protos of BASE (default: HEAD^1)
 	tools/buf_breaking.sh
 
 .PHONY: migrate
 migrate: install ## Apply database migrations of every service (DATABASE_URL or the embedded SQLite files)
 	$(PY) -m runtime.migrate
+
+# Backups (docs/operations.md). `make backup` writes to BACKUP (default backups/<UTC time>);
+# `make restore BACKUP=DIR` needs the directory named; REPLACE=yes overwrites existing data.
+BACKUP ?= backups/$(shell date -u +%Y%m%dT%H%M%SZ)
+REPLACE ?= no
+
+.PHONY: backup
+backup: install ## Back up the deployment (DATA_DIR or DATABASE_URL) into BACKUP=DIR (default backups/<time>)
+	$(PY) -m operations.backup create --to "$(BACKUP)"
+
+.PHONY: restore
+restore: install ## Restore BACKUP=DIR into the stopped deployment and rebuild its index (REPLACE=yes overwrites)
+	$(if $(filter file,$(origin BACKUP)),$(error make restore needs BACKUP=DIR, the backup to restore))
+	$(PY) -m operations.backup restore --from "$(BACKUP)" $(if $(filter yes,$(REPLACE)),--replace)
 
 .PHONY: run
 run: install ## Run the whole stack on the embedded default (Ctrl-C stops everything)
@@ -140,9 +154,13 @@ run: install ## Run the whole stack on the embedded default (Ctrl-C stops everyt
 demo: install ## Start the stack, ingest the sample documents, ask questions, stop
 	$(PY) -m examples.demo
 
+# Line coverage of our code, the services the tests start as subprocesses included
+# ([tool.coverage] in pyproject.toml); COVERAGE=no runs without measuring.
+COVERAGE ?= yes
+
 .PHONY: test
-test: install ## Run the test suite (needs PostgreSQL and Redis on 127.0.0.1 for the server tests)
-	$(PY) -m pytest -q
+test: install ## Run the test suite with a coverage report (needs PostgreSQL and Redis on 127.0.0.1 for the server tests)
+	$(PY) -m pytest -q $(if $(filter yes,$(COVERAGE)),--cov --cov-report=term)
 
 .PHONY: bench
 bench: install ## Run the benchmarks (prints figures)

@@ -14,7 +14,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cli import audit, documents, ingest, projects, query
+from cli import audit, bundles, documents, ingest, projects, query
 from cli.errors import EXIT_CODE_HELP, CliError, ExitCode, describe
 from cli.output import err, out
 from cli.session import DEFAULT_ADDRESS, Session
@@ -107,6 +107,8 @@ app.add_typer(documents.app, name="documents")
 app.command("watch")(documents.watch)
 app.command("query")(query.query)
 app.add_typer(audit.app, name="audit")
+app.command("export")(bundles.export_project)
+app.command("import")(bundles.import_project)
 
 
 def _fail(lines: list[str], code: ExitCode) -> None:

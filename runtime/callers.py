@@ -51,6 +51,15 @@ INTERNAL_CALLERS: Mapping[str, frozenset[str]] = {
     _CRYPTO + "HashTerms": frozenset({"ingest", "worker", "query"}),
     _CRYPTO + "AppendAuditEvent": frozenset({"projects", "ingest", "worker"}),
     _CRYPTO + "IssueAuditGrant": frozenset({"projects", "ingest"}),
+    # Project bundles: projects orchestrates ExportProject and ImportProject.
+    _CRYPTO + "SignBundle": frozenset({"projects"}),
+    _CRYPTO + "ExportAuditChain": frozenset({"projects"}),
+    _CRYPTO + "ImportProjectKeys": frozenset({"projects"}),
+    _CRYPTO + "DiscardImportedKeys": frozenset({"projects"}),
+    _INGEST + "ExportContent": frozenset({"projects"}),
+    _INGEST + "ImportContent": frozenset({"projects"}),
+    _INGEST + "DiscardImportedContent": frozenset({"projects"}),
+    _INGEST + "IndexProject": frozenset({"projects"}),
     # Index writes: ingestion (inline in ingest, background in the worker); a deleted
     # project's index: projects.
     _QUERY + "IndexChunks": frozenset({"ingest", "worker"}),

@@ -156,6 +156,9 @@ class Settings(BaseSettings):
     # Calls one server runs at once (streams included; the plaintext probe port is apart):
     # beyond it a call is refused at once with RESOURCE_EXHAUSTED, never queued unboundedly.
     max_concurrent_rpcs: int = Field(default=256, ge=1, le=100_000)
+    # Projects: the largest project bundle ImportProject takes (bytes), and where it is held
+    # while it is verified (a file per import, removed when the import ends).
+    import_max_bytes: int = Field(default=4 * 1024**3, ge=1024, le=1024**4)
     # Ingest: WatchDocument streams one unlock token may hold open at once.
     watch_streams_per_token: int = Field(default=32, ge=1, le=1000)
 

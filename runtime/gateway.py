@@ -22,6 +22,7 @@ from pathlib import Path
 from runtime.config import REPO_ROOT, Settings, load_settings
 from runtime.protos import PUBLIC_METHODS, SERVICE_NAMES
 from runtime.tls import CA_FILE, CERT_FILE, KEY_FILE, ensure_dev_pki
+from services.ratelimit.refusal import RATE_LIMITED_MESSAGE, status_details_bin
 from services.ratelimit.rules import load_rules
 
 TEMPLATE = REPO_ROOT / "envoy" / "envoy.yaml"
@@ -88,6 +89,9 @@ def substitutions(settings: Settings) -> dict[str, str]:
         "RATELIMIT_DOMAIN": load_rules(settings.ratelimit_rules).domain,
         "HEALTH_CHECK_INTERVAL": _seconds(settings.gateway_health_check_interval),
         "LOCAL_RATE_LIMIT": str(settings.gateway_local_rate_limit),
+        "RATE_LIMITED_MESSAGE": RATE_LIMITED_MESSAGE,
+        # The local bucket refills every second: its refusals say so.
+        "BUCKET_RETRY_DETAILS": status_details_bin(1),
         "MAX_HEAP_BYTES": str(settings.gateway_max_heap_mb * 1024 * 1024),
         "MAX_CONNECTIONS": str(settings.gateway_max_connections),
         "MAX_UPLOADS": str(settings.gateway_max_concurrent_uploads),

@@ -32,7 +32,12 @@ from runtime.health import Dependency, Readiness
 from runtime.interceptors import RpcInterceptor
 from runtime.logs import configure_logging
 from runtime.protos import SERVICE_NAMES
-from runtime.telemetry import configure_sentry, configure_tracing, traced
+from runtime.telemetry import (
+    configure_sentry,
+    configure_tracing,
+    monitoring_dependency,
+    traced,
+)
 from runtime.tls import Identity, TlsConfigError, workload_identity
 
 log = logging.getLogger(__name__)
@@ -158,7 +163,7 @@ class Server:
             raise ListenError(f"{self.app.name.value}: {error}") from None
         await self.app.start()
         readiness = self.app.readiness
-        readiness.dependencies = self.app.dependencies()
+        readiness.dependencies = [*self.app.dependencies(), monitoring_dependency()]
         self.app.register(self.server)
         health_pb2_grpc.add_HealthServicer_to_server(readiness.servicer, self.server)
         reflection.enable_server_reflection(

@@ -17,6 +17,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from runtime import VERSION
 from runtime.config import Settings
+from runtime.health import Dependency
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,22 @@ def configure_sentry(settings: Settings, service: str) -> bool:
     )
     sentry_sdk.set_tag("service", service)
     return True
+
+
+def monitoring_dependency() -> Dependency:
+    """Error reporting as a detailed-status check ("monitoring", type "sentry"): disabled
+    unless Sentry was configured in this process; never required for readiness (a service
+    works without its error reports)."""
+    import sentry_sdk
+
+    if not sentry_sdk.get_client().is_active():
+        return Dependency.disabled("monitoring", "sentry")
+
+    async def reporting() -> None:
+        if not sentry_sdk.get_client().is_active():
+            raise RuntimeError("the Sentry client is closed")
+
+    return Dependency("monitoring", "sentry", reporting, required=False)
 
 
 def report_exception(error: BaseException, reference: str) -> None:

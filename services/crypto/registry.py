@@ -103,6 +103,10 @@ class KeyringRegistry:
             )
         self._cache.pop(project_id, None)
 
+    def forget(self, project_id: str) -> None:
+        """Drops a cached read (a keyring registered by an import, outside this class)."""
+        self._cache.pop(project_id, None)
+
     async def current_generation(self, project_id: str) -> int:
         registered = await self.get(project_id)
         return registered.generation if registered else 0

@@ -26,12 +26,14 @@ from contextcache.internal.v1 import crypto_pb2_grpc as internal_pb2_grpc
 from contextcache.v1 import crypto_pb2, crypto_pb2_grpc
 from runtime.errors import DataLoss, InvalidArgument, Unauthenticated
 from runtime.health import Readiness
+from runtime.interceptors import validate
 from runtime.paging import decode_cursor, encode_cursor, page_size
 from runtime.protos import CRYPTO_SERVICE
 from runtime.tls import peer_identity
 from runtime.tokens import ANY_SCOPE, TOKEN_ENDED, UNLOCK_ONLY, Scope, token_from
 from services.crypto.aead import Aead, AeadError
 from services.crypto.audit import AuditChain
+from services.crypto.bundles import discard_chain, import_chain, sign_bundle, verify_bundle
 from services.crypto.content import ProjectCipher
 from services.crypto.kdf import KdfParams, PassphraseKdf
 from services.crypto.keyring import create_keyring, generation_of, open_keyring, rewrap_keyring
@@ -47,6 +49,8 @@ DEFAULT_SALT_BYTES = 16
 # Work on more bytes than this runs in a thread so other calls keep flowing.
 OFFLOAD_BYTES = 1024 * 1024
 ENDED = TOKEN_ENDED
+# Audit events per message of ExportAuditChain (a few hundred bytes each).
+EXPORT_BATCH = 1000
 
 T = TypeVar("T")
 
@@ -388,3 +392,60 @@ class CryptoInternalServicer(internal_pb2_grpc.CryptoInternalServiceServicer):
             event_id=request.event_id or None,
         )
         return internal_pb2.AppendAuditEventResponse(event=record.to_proto())
+
+    # Project bundles (ProjectService.ExportProject / ImportProject)
+
+    async def SignBundle(self, request, context):
+        project_id = project_uuid(request.project_id)
+        token = await self.check(context, project_id, UNLOCK_ONLY)
+        signature = sign_bundle(token.keys.signing_seed, str(project_id), request.digest)
+        return internal_pb2.SignBundleResponse(signature=signature)
+
+    async def ExportAuditChain(self, request, context):
+        project_id = project_uuid(request.project_id)
+        await self.check(context, project_id, UNLOCK_ONLY)
+        after = 0
+        while True:
+            records = await self.audit.events(str(project_id), after, EXPORT_BATCH)
+            if not records:
+                return
+            yield internal_pb2.ExportAuditChainResponse(
+                events=[record.to_proto() for record in records]
+            )
+            after = records[-1].seq
+
+    async def ImportProjectKeys(self, request_iterator, context):
+        first = await anext(aiter(request_iterator), None)
+        if first is None or first.WhichOneof("part") != "start":
+            raise InvalidArgument.for_field("start", "The first message must be the start")
+        validate(first)
+        start = first.start
+        project_id = project_uuid(start.project_id)
+        keyring = start.keyring
+        # The passphrase opens the keyring (and open_keyring checks that the keyring's
+        # public key is its signing key's): that key, and no other, must verify the bundle.
+        await open_keyring(self.kdf, project_id, keyring, start.passphrase)
+        verify_bundle(keyring.public_key, str(project_id), start.digest, start.signature)
+
+        async def batches():  # type: ignore[no-untyped-def]
+            async for message in request_iterator:
+                if message.WhichOneof("part") != "events":
+                    raise InvalidArgument.for_field("events", "Only events may follow the start")
+                yield message.events.events
+
+        count, present, head_hash = await import_chain(
+            self.audit.engine,
+            str(project_id),
+            keyring.public_key,
+            generation_of(keyring),
+            batches(),
+        )
+        self.registry.forget(str(project_id))
+        return internal_pb2.ImportProjectKeysResponse(
+            events_imported=count, already_present=present, head_hash=head_hash
+        )
+
+    async def DiscardImportedKeys(self, request, context):
+        discarded = await discard_chain(self.audit.engine, request.project_id, request.head_hash)
+        self.registry.forget(request.project_id)
+        return internal_pb2.DiscardImportedKeysResponse(discarded=discarded)

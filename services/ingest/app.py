@@ -116,7 +116,8 @@ class IngestApp(ServiceApp):
 
     def dependencies(self) -> list[Dependency]:
         redis = (
-            Dependency("redis", "redis", self.queue.ping, required=False)
+            # Configured, Redis carries background jobs and their recovery: not ready without it.
+            Dependency("redis", "redis", self.queue.ping)
             if self.queue.uses_redis
             else Dependency.disabled("redis", "redis")
         )
@@ -142,5 +143,5 @@ class IngestApp(ServiceApp):
         )
         ingest_pb2_grpc.add_IngestServiceServicer_to_server(servicer, server)
         ingest_internal_pb2_grpc.add_IngestInternalServiceServicer_to_server(
-            IngestInternalServicer(self.store), server
+            IngestInternalServicer(self.store, self.tokens, self.query), server
         )

@@ -28,7 +28,7 @@ import hashlib
 import json
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -669,3 +669,26 @@ async def index_chunks(
 
 def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+async def index_project(
+    store: DocumentStore,
+    query: query_pb2_grpc.QueryInternalServiceStub,
+    project_id: str,
+    token: str,
+    seen: Callable[[str], object] = lambda document_id: None,
+) -> int:
+    """Sends every stored chunk of the project's completed documents to the index, from the
+    stored vectors (nothing is re-embedded); `seen` is told each document id."""
+    documents: dict[str, DocumentRow] = {}
+    sent = 0
+    async for batch in store.chunks(project_id):
+        by_document: dict[str, list[ChunkRow]] = {}
+        for row in batch:
+            by_document.setdefault(row.document_id, []).append(row)
+        for document_id, rows in by_document.items():
+            if document_id not in documents:
+                documents[document_id] = await store.get(project_id, document_id)
+                seen(document_id)
+            sent += await index_chunks(query, documents[document_id], rows, token)
+    return sent

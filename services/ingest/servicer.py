@@ -35,17 +35,19 @@ from runtime.errors import (
     Unavailable,
 )
 from runtime.health import Readiness
+from runtime.interceptors import validate
 from runtime.outbox import AuditEvent, AuditRelay
 from runtime.paging import decode_cursor, encode_cursor, page_size
 from runtime.protos import INGEST_SERVICE, timestamp
 from runtime.tokens import TOKEN_METADATA_KEY, TokenVerifier
-from services.ingest.ingestion import IngestionPipeline, Outcome, Prepared
+from services.ingest.ingestion import IngestionPipeline, Outcome, Prepared, index_project
 from services.ingest.jobs import JobQueue
 from services.ingest.models import DocumentRow
 from services.ingest.pipeline.errors import IngestError
 from services.ingest.pipeline.fetch import AddressPolicy, resolve_host
 from services.ingest.status import DocumentStatus
 from services.ingest.store import DocumentStore
+from services.ingest.transfer import export_content, import_content
 from services.ingest.watch import StreamSlots
 
 log = logging.getLogger(__name__)
@@ -396,19 +398,11 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         )
 
     async def ReindexProject(self, request, context):
-        from services.ingest.ingestion import index_chunks
-
         token = await self._authorize(context, request.project_id)
-        documents: dict[str, DocumentRow] = {}
-        chunks = 0
-        async for batch in self.store.chunks(request.project_id):
-            by_document: dict[str, list] = {}
-            for row in batch:
-                by_document.setdefault(row.document_id, []).append(row)
-            for document_id, rows in by_document.items():
-                if document_id not in documents:
-                    documents[document_id] = await self.store.get(request.project_id, document_id)
-                chunks += await index_chunks(self.query, documents[document_id], rows, token)
+        documents: set[str] = set()
+        chunks = await index_project(
+            self.store, self.query, request.project_id, token, documents.add
+        )
         return ingest_pb2.ReindexProjectResponse(
             documents_reindexed=len(documents), chunks_reindexed=chunks
         )
@@ -422,8 +416,15 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
 class IngestInternalServicer(ingest_internal_pb2_grpc.IngestInternalServiceServicer):
     """Ingestion figures and purges, for the projects service only (runtime/callers.py)."""
 
-    def __init__(self, store: DocumentStore) -> None:
+    def __init__(
+        self,
+        store: DocumentStore,
+        tokens: TokenVerifier,
+        query: query_pb2_grpc.QueryInternalServiceStub,
+    ) -> None:
         self.store = store
+        self.tokens = tokens
+        self.query = query
 
     async def GetIngestStats(self, request, context):
         counts = await self.store.counts(list(request.project_ids))
@@ -447,6 +448,39 @@ class IngestInternalServicer(ingest_internal_pb2_grpc.IngestInternalServiceServi
     async def PurgeProject(self, request, context):
         deleted = await self.store.purge(request.project_id)
         return ingest_internal_pb2.PurgeProjectResponse(documents_deleted=deleted)
+
+    # Project bundles (ProjectService.ExportProject / ImportProject: services/ingest/transfer.py)
+
+    async def ExportContent(self, request, context):
+        await self.tokens.authorize(context, request.project_id)
+        async for batch in export_content(self.store, request.project_id):
+            yield ingest_internal_pb2.ExportContentResponse(batch=batch)
+
+    async def ImportContent(self, request_iterator, context):
+        first = await anext(aiter(request_iterator), None)
+        if first is None or first.WhichOneof("part") != "project_id":
+            raise InvalidArgument.for_field("project_id", "The first message must name the project")
+        validate(first)
+
+        async def batches():  # type: ignore[no-untyped-def]
+            async for message in request_iterator:
+                if message.WhichOneof("part") != "batch":
+                    raise InvalidArgument.for_field("batch", "Only batches may follow the project")
+                yield message.batch
+
+        documents, chunks, facts = await import_content(self.store, first.project_id, batches())
+        return ingest_internal_pb2.ImportContentResponse(
+            documents=documents, chunks=chunks, facts=facts
+        )
+
+    async def DiscardImportedContent(self, request, context):
+        await self.store.discard(request.project_id)
+        return ingest_internal_pb2.DiscardImportedContentResponse()
+
+    async def IndexProject(self, request, context):
+        token = await self.tokens.authorize(context, request.project_id)
+        indexed = await index_project(self.store, self.query, request.project_id, token)
+        return ingest_internal_pb2.IndexProjectResponse(chunks_indexed=indexed)
 
 
 def _message(row: DocumentRow, title: str, source: str) -> ingest_pb2.Document:

@@ -521,6 +521,20 @@ class DocumentStore:
         self.changes.changed(*ids)
         return len(ids)
 
+    async def discard(self, project_id: str) -> int:
+        """Removes a project's documents and their rows without marking it purged: what an
+        import that did not finish stored (services/ingest/transfer.py)."""
+        async with self.sessions.begin() as session:
+            ids = list(
+                (
+                    await session.scalars(
+                        select(DocumentRow.id).where(DocumentRow.project_id == project_id)
+                    )
+                ).all()
+            )
+            await _delete_documents(session, ids)
+        return len(ids)
+
     # -- reading chunks back -----------------------------------------------------------
 
     async def chunks(

@@ -93,5 +93,7 @@ class ProjectsApp(ServiceApp):
             self.attempts,
             self.readiness,
             self.relay,
+            self.settings.data_dir / "imports",
+            self.settings.import_max_bytes,
         )
         projects_pb2_grpc.add_ProjectServiceServicer_to_server(servicer, server)

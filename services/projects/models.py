@@ -19,6 +19,9 @@ from runtime.outbox import audit_outbox_table
 class ProjectState(enum.StrEnum):
     ACTIVE = "active"
     DELETING = "deleting"  # DeleteProject accepted; its steps are being carried out
+    # ImportProject holds the id while the other services take the bundle; invisible to
+    # every read, removed if the import fails.
+    IMPORTING = "importing"
 
 
 class Base(DeclarativeBase):

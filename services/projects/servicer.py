@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
+from pathlib import Path
 
 import grpc
 from google.protobuf import duration_pb2
@@ -26,9 +27,19 @@ from runtime.paging import decode_cursor, encode_cursor, page_size
 from runtime.protos import PROJECT_SERVICE, timestamp
 from runtime.tokens import TOKEN_ENDED, TOKEN_METADATA_KEY, TokenVerifier, decode, read_claims
 from services.projects.attempts import PassphraseAttempts
+from services.projects.bundle import BundleReader
 from services.projects.deletion import ProjectDeletion
 from services.projects.models import ProjectRow, ProjectState
 from services.projects.store import ProjectStore, new_project_id
+from services.projects.transfer import (
+    BundleSpool,
+    ProjectExport,
+    ProjectImport,
+    imported_row,
+    pieces,
+    read_summary,
+    receive,
+)
 
 log = logging.getLogger(__name__)
 NAME_MAX = 200
@@ -96,6 +107,8 @@ class ProjectServicer(projects_pb2_grpc.ProjectServiceServicer):
         attempts: PassphraseAttempts,
         readiness: Readiness,
         relay: AuditRelay,
+        spool_dir: Path,
+        import_max_bytes: int,
     ) -> None:
         self.store = store
         self.crypto = crypto
@@ -105,6 +118,9 @@ class ProjectServicer(projects_pb2_grpc.ProjectServiceServicer):
         self.attempts = attempts
         self.readiness = readiness
         self.relay = relay
+        self.exports = ProjectExport(store, crypto, ingest, relay)
+        self.spool_dir = spool_dir
+        self.import_max_bytes = import_max_bytes
 
     # -- helpers: each one step of an RPC's story --------------------------------------
 
@@ -307,6 +323,56 @@ class ProjectServicer(projects_pb2_grpc.ProjectServiceServicer):
         if stats.HasField("last_ingest_at"):
             result.last_ingest_at.CopyFrom(stats.last_ingest_at)
         return projects_pb2.GetProjectStatsResponse(stats=result)
+
+    async def ExportProject(self, request, context):
+        row = await self.store.get(request.project_id)
+        token = await self.tokens.authorize(context, row.id)
+        current_generation(row, token)
+        await self.exports.record(row.id, await self._grant_if_missing(row.id, token))
+        async for data in self.exports.bundle(row, token):
+            for piece in pieces(data):
+                yield projects_pb2.ExportProjectResponse(data=piece)
+
+    async def ImportProject(self, request_iterator, context):
+        spool = BundleSpool(self.spool_dir, self.import_max_bytes)
+        try:
+            passphrase = await receive(request_iterator, spool)
+            reader = BundleReader(spool.file)
+            summary = await read_summary(reader)
+            row = imported_row(summary.header, clean_name(summary.header.name))
+            await self.store.claim_import(row)
+            steps = ProjectImport(self.store, self.crypto, self.ingest, reader, summary)
+            try:
+                async with self.attempts.attempt(client_address(context), row.id):
+                    keys = await steps.import_keys(passphrase)
+                opened = await steps.open(passphrase)
+                content = await steps.import_content()
+                row = await self.store.finish_import(
+                    row.id,
+                    opened.audit_grant,
+                    {
+                        "documents": str(content.documents),
+                        "chunks": str(content.chunks),
+                        "facts": str(content.facts),
+                        "source_events": str(keys.events_imported),
+                    },
+                )
+            except BaseException:
+                await steps.undo()
+                raise
+        finally:
+            spool.close()
+        await self._deliver_audit(row.id)
+        indexed = await steps.index(opened.unlock_token)
+        stats = await self._stats([row.id])
+        return projects_pb2.ImportProjectResponse(
+            project=to_proto(row, stats.get(row.id)),
+            documents_imported=content.documents,
+            chunks_imported=content.chunks,
+            facts_imported=content.facts,
+            audit_events_imported=keys.events_imported,
+            chunks_indexed=indexed,
+        )
 
     async def GetStatus(self, request, context):
         return projects_pb2.ProjectServiceGetStatusResponse(

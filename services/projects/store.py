@@ -11,11 +11,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from contextcache.v1 import crypto_pb2
 from runtime.db import utcnow
-from runtime.errors import Aborted, NotFound
+from runtime.errors import Aborted, AlreadyExists, NotFound
 from runtime.outbox import AuditEvent, AuditOutbox
 from services.projects.models import AUDIT_OUTBOX, ProjectDeletionRow, ProjectRow, ProjectState
 
@@ -31,6 +32,7 @@ class Page:
 
 class ProjectStore:
     def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
         self.sessions = async_sessionmaker(engine, expire_on_commit=False)
         self.outbox = AuditOutbox(AUDIT_OUTBOX)
 
@@ -54,13 +56,27 @@ class ProjectStore:
     async def get(self, project_id: str, include_deleting: bool = False) -> ProjectRow:
         async with self.sessions() as session:
             row = await session.get(ProjectRow, project_id)
-        if row is None or (row.state != ProjectState.ACTIVE and not include_deleting):
+        visible = (
+            {ProjectState.ACTIVE, ProjectState.DELETING}
+            if include_deleting
+            else {ProjectState.ACTIVE}
+        )
+        if row is None or row.state not in visible:
             raise NotFound(f"Project {project_id} not found")
         return row
 
+    async def exists(self, project_id: str) -> bool:
+        """Whether any row holds the id, in whatever state (importing included)."""
+        async with self.sessions() as session:
+            return await session.get(ProjectRow, project_id) is not None
+
     async def page(self, size: int, after: tuple[datetime, str] | None) -> Page:
         """Newest first; `after` is the (created_at, id) of the last item seen."""
-        query = select(ProjectRow).order_by(ProjectRow.created_at.desc(), ProjectRow.id.desc())
+        query = (
+            select(ProjectRow)
+            .where(ProjectRow.state != ProjectState.IMPORTING)
+            .order_by(ProjectRow.created_at.desc(), ProjectRow.id.desc())
+        )
         if after is not None:
             created_at, last_id = after
             query = query.where(
@@ -134,6 +150,65 @@ class ProjectStore:
             )
             if result.rowcount != 1:
                 raise Aborted("The passphrase was changed concurrently. Try again")
+
+    # Exports and imports (services/projects/transfer.py).
+
+    async def record_export(self, project_id: str, audit_grant: bytes | None) -> None:
+        """Records the PROJECT_EXPORTED event (signed under `audit_grant`, or the grant of
+        the project's latest unlock)."""
+        async with self.sessions.begin() as session:
+            row = await session.get(ProjectRow, project_id)
+            if row is None or row.state != ProjectState.ACTIVE:
+                raise NotFound(f"Project {project_id} not found")
+            await self._record(
+                session,
+                AuditEvent(
+                    project_id,
+                    crypto_pb2.AUDIT_EVENT_TYPE_PROJECT_EXPORTED,
+                    ACTOR,
+                    _grant(row, audit_grant),
+                ),
+            )
+
+    async def claim_import(self, row: ProjectRow) -> None:
+        """Stores `row` in state importing: the id is this import's, or ALREADY_EXISTS."""
+        row.state = ProjectState.IMPORTING
+        try:
+            async with self.sessions.begin() as session:
+                session.add(row)
+        except IntegrityError:
+            raise AlreadyExists(f"Project {row.id} exists in this deployment") from None
+
+    async def finish_import(
+        self, project_id: str, audit_grant: bytes, attributes: dict[str, str]
+    ) -> ProjectRow:
+        """Makes the imported project visible, with its PROJECT_IMPORTED event."""
+        async with self.sessions.begin() as session:
+            row = await session.get(ProjectRow, project_id, with_for_update=True)
+            if row is None or row.state != ProjectState.IMPORTING:
+                raise Aborted(f"The import of project {project_id} was interrupted. Try again")
+            row.state = ProjectState.ACTIVE
+            row.audit_grant = audit_grant
+            row.updated_at = utcnow()
+            await self._record(
+                session,
+                AuditEvent(
+                    project_id,
+                    crypto_pb2.AUDIT_EVENT_TYPE_PROJECT_IMPORTED,
+                    ACTOR,
+                    audit_grant,
+                    attributes,
+                ),
+            )
+        return row
+
+    async def abandon_import(self, project_id: str) -> None:
+        async with self.sessions.begin() as session:
+            await session.execute(
+                delete(ProjectRow).where(
+                    ProjectRow.id == project_id, ProjectRow.state == ProjectState.IMPORTING
+                )
+            )
 
     async def remove(self, project_id: str) -> None:
         async with self.sessions.begin() as session:

@@ -2,13 +2,15 @@
 
 Envoy sends one request per HTTP request with every descriptor its route produced; the
 answer has one status per descriptor (limit, remaining, time until reset — Envoy turns the
-tightest into x-ratelimit-* headers) and OVER_LIMIT overall if any descriptor is over.
-Never logs descriptor values (client addresses, API keys).
+tightest into x-ratelimit-* headers) and OVER_LIMIT overall if any descriptor is over,
+with headers saying when to retry: once every window that is over has reset. Never logs
+descriptor values (client addresses, API keys).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from envoy_rls import rls_pb2, rls_pb2_grpc
 from google.protobuf import duration_pb2
@@ -16,6 +18,7 @@ from google.protobuf import duration_pb2
 from runtime import metrics
 from runtime.errors import InvalidArgument
 from runtime.windows import Window, WindowCounter, window_for
+from services.ratelimit.refusal import retry_headers
 from services.ratelimit.rules import Limit, RateLimitRules
 
 Response = rls_pb2.RateLimitResponse
@@ -28,15 +31,23 @@ UNITS = {
 
 
 class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):
-    def __init__(self, rules: RateLimitRules, counter: WindowCounter, key_prefix: str) -> None:
+    def __init__(
+        self,
+        rules: RateLimitRules,
+        counter: WindowCounter,
+        key_prefix: str,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.rules = rules
         self.counter = counter
         self.key_prefix = key_prefix
+        # The wall clock places the windows (every replica agrees on them); a test moves it.
+        self.clock = clock
 
     async def ShouldRateLimit(self, request, context):
         if request.domain != self.rules.domain:
             raise InvalidArgument(f"Unknown rate limit domain {request.domain!r}")
-        now = time.time()
+        now = self.clock()
         hits = request.hits_addend or 1
         limits: list[Limit | None] = []
         counted: list[tuple[int, Limit, Window]] = []
@@ -59,8 +70,17 @@ class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):
         metrics.RATELIMIT_DECISIONS.labels(
             "limited" if over else "allowed", "memory" if in_memory else "redis"
         ).inc()
+        if not over:
+            return Response(overall_code=Response.OK, statuses=statuses)
+        retry_in = max(
+            status.duration_until_reset.seconds
+            for status in statuses
+            if status.code == Response.OVER_LIMIT
+        )
         return Response(
-            overall_code=Response.OVER_LIMIT if over else Response.OK, statuses=statuses
+            overall_code=Response.OVER_LIMIT,
+            statuses=statuses,
+            response_headers_to_add=retry_headers(retry_in),
         )
 
 

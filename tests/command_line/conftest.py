@@ -111,11 +111,11 @@ def stack_env() -> dict[str, str]:
     return {}
 
 
-@pytest.fixture(scope="module")
-def cli(tmp_path_factory, stack_env) -> Iterator[Cli]:
+@contextlib.contextmanager
+def cli_stack(work: Path, stack_env: dict[str, str]) -> Iterator[Cli]:
+    """A whole deployment under `work` (its own data, ports and gateway) and a `Cli` for it."""
     if not COMMAND.exists():
         pytest.fail(f"{COMMAND} is missing: `make install` installs the contextcache command")
-    work = tmp_path_factory.mktemp("cli")
     env = demo_environment(work / "var")
     env.update(
         RATELIMIT_RULES=str(raised_rules(work)),
@@ -134,3 +134,9 @@ def cli(tmp_path_factory, stack_env) -> Iterator[Cli]:
         yield Cli(f"127.0.0.1:{settings.gateway_port}", work / "home")
         dead = stack.failed()
         assert dead is None, f"{dead.name} died during the tests; see {work / 'stack.log'}"
+
+
+@pytest.fixture(scope="module")
+def cli(tmp_path_factory, stack_env) -> Iterator[Cli]:
+    with cli_stack(tmp_path_factory.mktemp("cli"), stack_env) as running:
+        yield running

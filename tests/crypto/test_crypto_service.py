@@ -37,8 +37,13 @@ def test_health_and_status(crypto):
     status = crypto.stub.GetStatus(crypto_pb2.CryptoServiceGetStatusRequest()).status
     assert status.service == CRYPTO_SERVICE
     assert status.state == common_pb2.ServiceStatus.STATE_HEALTHY
-    (check,) = status.checks
-    assert check.name == "database" and check.result == common_pb2.DependencyCheck.RESULT_OK
+    checks = {check.name: check for check in status.checks}
+    assert set(checks) == {"database", "monitoring"}
+    check = checks["database"]
+    assert check.result == common_pb2.DependencyCheck.RESULT_OK
+    # Error reporting is a check of its own: this process has not configured Sentry.
+    assert checks["monitoring"].type == "sentry"
+    assert checks["monitoring"].result == common_pb2.DependencyCheck.RESULT_DISABLED
     kind = "sqlite" if crypto.settings.database_url.startswith("sqlite") else "postgresql"
     assert check.type == kind
 

@@ -85,7 +85,9 @@ def spawn(name: str, command: list[str], env: dict[str, str], logs: Path) -> Pro
     return Process(name, popen, log)
 
 
-def start_service(module: str, port: int, env: dict[str, str], logs: Path) -> Process:
+def start_service(
+    module: str, port: int, env: dict[str, str], logs: Path, timeout: float = 90
+) -> Process:
     process = spawn(
         module.rsplit(".", 1)[-1],
         [sys.executable, "-m", module],
@@ -102,7 +104,7 @@ def start_service(module: str, port: int, env: dict[str, str], logs: Path) -> Pr
         logs,
     )
     try:
-        wait_until(lambda: port_open(port) or not process.alive(), 30, f"{module} on :{port}")
+        wait_until(lambda: port_open(port) or not process.alive(), timeout, f"{module} on :{port}")
         assert process.alive(), process.output()
     except BaseException:
         process.stop()
@@ -111,8 +113,10 @@ def start_service(module: str, port: int, env: dict[str, str], logs: Path) -> Pr
 
 
 @contextlib.contextmanager
-def service(module: str, port: int, env: dict[str, str], logs: Path) -> Iterator[Process]:
-    process = start_service(module, port, env, logs)
+def service(
+    module: str, port: int, env: dict[str, str], logs: Path, timeout: float = 90
+) -> Iterator[Process]:
+    process = start_service(module, port, env, logs, timeout)
     try:
         yield process
     finally:
@@ -248,6 +252,14 @@ def get_status(stub, api_key: str | None = None, timeout: float = 5):
     metadata = (("x-api-key", api_key),) if api_key else None
     return stub.GetStatus.with_call(
         projects_pb2.ProjectServiceGetStatusRequest(), metadata=metadata, timeout=timeout
+    )
+
+
+def list_projects(stub, api_key: str | None = None, timeout: float = 5):
+    """A cheap public call that counts against the client's rate limits (GetStatus does not)."""
+    metadata = (("x-api-key", api_key),) if api_key else None
+    return stub.ListProjects.with_call(
+        projects_pb2.ListProjectsRequest(page_size=1), metadata=metadata, timeout=timeout
     )
 
 

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import importlib
 import os
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
+import grpc
 import httpx
 import pytest
 import yaml
@@ -23,6 +26,7 @@ from google.api import annotations_pb2
 from openapi_schema_validator import OAS30Validator, oas30_format_checker
 
 from examples.demo import demo_environment
+from runtime import VERSION
 from runtime.config import Settings
 from runtime.protos import API_MODULES
 from runtime.stack import Stack
@@ -309,6 +313,36 @@ def test_audit_chain(api, project):
     assert int(verified["eventsVerified"]) >= int(head["seq"])
 
 
+def test_export_streams_a_bundle_and_import_takes_one_as_a_json_array(api, project):
+    pid, headers = project["id"], {"x-unlock-token": project["token"]}
+    pieces = api.ok(
+        "ProjectService/ExportProject", "GET", f"/v1/projects/{pid}:export", headers=headers
+    )
+    bundle = b"".join(base64.b64decode(piece["data"]) for piece in pieces)
+    assert bundle.startswith(b"CCBUNDLE")
+
+    def b64(data: bytes) -> str:
+        return base64.b64encode(data).decode()
+
+    # A client stream over JSON is an array of messages. The bundle is whole and this
+    # deployment holds its project: ALREADY_EXISTS, HTTP 409; cut short, DATA_LOSS.
+    again = api.call(
+        "ProjectService/ImportProject",
+        "POST",
+        "/v1/projects:import",
+        json=[{"passphrase": PASSPHRASE, "data": b64(bundle[:1000])}, {"data": b64(bundle[1000:])}],
+    )
+    assert again.status_code == 409, again.text
+    assert again.json()["code"] == 6  # ALREADY_EXISTS
+    cut = api.call(
+        "ProjectService/ImportProject",
+        "POST",
+        "/v1/projects:import",
+        json=[{"passphrase": PASSPHRASE, "data": b64(bundle[:-1])}],
+    )
+    assert cut.json()["code"] == 15, cut.text  # DATA_LOSS
+
+
 def test_crypto_primitives(api):
     salt = api.ok("CryptoService/GenerateSalt", "POST", "/v1/crypto:generateSalt", json={})
     assert len(base64.b64decode(salt["salt"])) == 16
@@ -360,11 +394,37 @@ def test_crypto_primitives(api):
 
 
 @pytest.mark.parametrize("service", ["projects", "ingest", "query", "crypto"])
-def test_detailed_status_of_every_service(api, service):
+def test_detailed_status_of_every_service(api, stack, service):
     name = {"projects": "ProjectService"}.get(service, f"{service.title()}Service")
     status = api.ok(f"{name}/GetStatus", "GET", f"/v1/status/{service}")["status"]
-    assert status["version"]
-    assert {check["name"] for check in status["checks"]}
+    assert status["service"] == f"contextcache.v1.{name}"
+    assert status["version"] == VERSION
+    assert status["environment"] == stack.environment
+    taken = datetime.fromisoformat(status["time"].replace("Z", "+00:00"))
+    assert abs((datetime.now(UTC) - taken).total_seconds()) < 60
+    assert status["state"] == "STATE_HEALTHY"
+    checks = {check["name"]: check for check in status["checks"]}
+    assert "database" in checks or "index" in checks
+    # Monitoring is reported beside the dependencies (this stack has no SENTRY_DSN).
+    assert checks["monitoring"]["type"] == "sentry"
+    assert checks["monitoring"]["result"] == "RESULT_DISABLED"
+
+
+@pytest.mark.parametrize("service", ["projects", "ingest", "query", "crypto"])
+def test_every_service_answers_its_status_over_grpc_through_the_gateway(stack, service):
+    """Native gRPC (HTTP/2) through the gateway reaches each service's own GetStatus."""
+    module = importlib.import_module(f"contextcache.v1.{service}_pb2")
+    name = {"projects": "ProjectService"}.get(service, f"{service.title()}Service")
+    with grpc.insecure_channel(f"127.0.0.1:{stack.gateway_port}") as channel:
+        call = channel.unary_unary(
+            f"/contextcache.v1.{name}/GetStatus",
+            request_serializer=lambda message: message.SerializeToString(),
+            response_deserializer=getattr(module, f"{name}GetStatusResponse").FromString,
+        )
+        status = call(getattr(module, f"{name}GetStatusRequest")(), timeout=30).status
+    assert status.service == f"contextcache.v1.{name}"
+    assert status.version == VERSION
+    assert status.environment == stack.environment
 
 
 def test_bad_input_is_a_400_naming_the_field(api):
@@ -477,6 +537,9 @@ def test_over_the_unlock_limit_is_a_429_saying_when_to_retry(stack, project):
         assert response.headers["x-ratelimit-remaining"] == "0"
         assert 0 < int(response.headers["x-ratelimit-reset"]) <= 60
         assert response.headers["retry-after"] == response.headers["x-ratelimit-reset"]
+        (retry_info,) = response.json()["details"]
+        assert retry_info["@type"] == "type.googleapis.com/google.rpc.RetryInfo"
+        assert retry_info["retryDelay"] == response.headers["retry-after"] + "s"
     finally:
         api.client.close()
 

@@ -74,6 +74,28 @@ def test_health_is_routed_to_the_project_service(envoy):
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
+def admin_post(envoy, path: str) -> None:
+    with httpx.Client(timeout=5) as client:
+        client.post(f"http://127.0.0.1:{envoy.admin_port}{path}").raise_for_status()
+
+
+def test_envoy_answers_healthz_itself_and_fails_it_while_draining(envoy):
+    """GET /healthz is Envoy's own liveness (load balancers): answered without any upstream,
+    and 503 once the admin marks Envoy as failing (as before a drain)."""
+    url = f"http://{envoy.address}/healthz"
+    with httpx.Client(timeout=5) as client:
+        response = client.get(url)
+        assert response.status_code == 200
+        assert response.headers["server"] == "envoy"
+        assert "x-envoy-upstream-service-time" not in response.headers, "no upstream asked"
+        admin_post(envoy, "/healthcheck/fail")
+        try:
+            assert client.get(url).status_code == 503
+        finally:
+            admin_post(envoy, "/healthcheck/ok")
+        assert client.get(url).status_code == 200
+
+
 def test_bad_request_details_pass_through_the_gateway(envoy):
     channel, stub = project_stub(envoy.address)
     with channel, pytest.raises(grpc.RpcError) as caught:

@@ -26,6 +26,7 @@ import grpc
 import psycopg
 import pytest
 import redis
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
@@ -34,6 +35,7 @@ from rq.job import Job
 
 from contextcache.v1 import ingest_pb2
 from runtime.ports import free_port
+from runtime.protos import INGEST_SERVICE
 from runtime.telemetry import tracer_provider
 from tests.conftest import Stack, eventually, new_project, running_stack
 from tests.ingest.test_documents import SPEECH, documents_of, failure, text_request
@@ -457,6 +459,13 @@ async def test_redis_outage_refuses_background_ingestion_and_inline_still_works(
                 f"document-{accepted.id}-1"
             ]
 
+            health = health_pb2_grpc.HealthStub(stack.channels["ingest"])
+
+            async def ingest_health(name: str) -> int:
+                request = health_pb2.HealthCheckRequest(service=name)
+                return (await health.Check(request, timeout=3)).status
+
+            assert await ingest_health(INGEST_SERVICE) == health_pb2.HealthCheckResponse.SERVING
             server.kill()
             server.wait(timeout=10)
             error = await failure(
@@ -466,6 +475,15 @@ async def test_redis_outage_refuses_background_ingestion_and_inline_still_works(
             )
             assert error.code() == grpc.StatusCode.UNAVAILABLE
             assert "Redis" in error.details() and "without background" in error.details()
+            # Its background jobs' Redis gone, ingest is not ready (the gateway stops routing
+            # to it), though alive and still answering a direct inline call.
+            not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+
+            async def not_ready() -> bool:
+                return await ingest_health(INGEST_SERVICE) == not_serving
+
+            await eventually(not_ready, timeout=15)
+            assert await ingest_health("liveness") == health_pb2.HealthCheckResponse.SERVING
             assert [d.id for d in await documents_of(stack, project.id, token)] == [accepted.id]
 
             inline = (
