@@ -99,6 +99,50 @@ def raised_rules(directory: Path) -> Path:
     return path
 
 
+@dataclasses.dataclass(frozen=True)
+class KnownOpen:
+    """A failure the campaign finds that is not fixed yet: reported on its own line with
+    its count, never silently dropped, and not failing the campaign."""
+
+    name: str
+    transports: frozenset[str]
+    codes: frozenset[str]
+    detail: str  # a part of the answer's detail that identifies it
+
+    def matches(self, transport: str, outcome: Outcome) -> bool:
+        return (
+            transport in self.transports
+            and outcome.code in self.codes
+            and self.detail in outcome.detail
+        )
+
+
+KNOWN_OPEN = (
+    # Envoy's grpc_web filter answers grpc-web-text that is not base64 with HTTP 400 and
+    # grpc-status INTERNAL itself; a local-reply mapper did not override it (README).
+    KnownOpen(
+        "grpc-web-text body that is not base64 (Envoy's grpc_web filter: INTERNAL)",
+        frozenset({"raw-http"}),
+        frozenset({"INTERNAL"}),
+        "invalid base64",
+    ),
+    # A gRPC-Web body whose frame header announces more bytes than follow: the service
+    # never answers the half frame, Envoy's route timeout ends the call (README).
+    KnownOpen(
+        "gRPC-Web frame shorter than its length prefix (Envoy's route timeout: 504)",
+        frozenset({"broken-frame/grpc-web", "raw-http"}),
+        frozenset({"UNAVAILABLE"}),
+        "upstream request timeout",
+    ),
+    KnownOpen(
+        "gRPC-Web frame shorter than its length prefix (no answer before the client's timeout)",
+        frozenset({"broken-frame/grpc-web", "raw-http"}),
+        frozenset({"CLIENT_TIMEOUT"}),
+        "ReadTimeout",
+    ),
+)
+
+
 @dataclasses.dataclass
 class Finding:
     transport: str
@@ -120,7 +164,10 @@ class Report:
     requests: int = 0
     seconds: float = 0.0
     counts: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    # Seconds spent per transport, to see where a campaign's time goes.
+    seconds_by: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     findings: list[Finding] = dataclasses.field(default_factory=list)
+    known: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     problems: list[str] = dataclasses.field(default_factory=list)
 
     @property
@@ -149,7 +196,13 @@ class Report:
         transports: collections.Counter = collections.Counter()
         for (transport, _, _), count in self.counts.items():
             transports[transport] += count
-        lines.append("transports: " + ", ".join(f"{t} {n}" for t, n in transports.most_common()))
+        lines.append(
+            "transports: "
+            + ", ".join(
+                f"{t} {n} ({self.seconds_by[t]:.0f} s)" for t, n in transports.most_common()
+            )
+        )
+        lines += [f"KNOWN OPEN {n}x {name}" for name, n in self.known.most_common()]
         lines += [f"FAILURE {f.transport} {f.method}: {f.outcome}" for f in self.findings[:50]]
         lines += [f"PROBLEM {p}" for p in self.problems]
         lines.append(f"reproduce: make fuzz FUZZ_SEED={self.seed} FUZZ_REQUESTS={self.requests}")
@@ -381,6 +434,7 @@ class Campaign:
         elif transport == "broken-frame":
             payload = data.draw(broken_frames(payload), label="broken")
             how = data.draw(st.sampled_from(["grpc", "grpc-web", "direct"]), label="via")
+            transport = f"broken-frame/{how}"
             if how == "grpc":
                 outcome = grpc_call(self.target.envoy, method, payload, metadata)
             elif how == "direct":
@@ -426,7 +480,7 @@ class Campaign:
     def oversize(self) -> Outcome:
         """One message past the 4 MB receive limit of the non-upload services."""
         method = next(m for m in PUBLIC if m.name == "Hash")
-        payload = b"\x0a" + _varint(5 * 2**20) + b"a" * (5 * 2**20)
+        payload = b"\x0a" + varint(5 * 2**20) + b"a" * (5 * 2**20)
         return grpc_call(self.target.envoy, method, payload, ())
 
     def run(self, requests: int, seed_value: int, max_seconds: float) -> None:
@@ -457,6 +511,7 @@ class Campaign:
                     "oversize", "/contextcache.v1.CryptoService/Hash", self.oversize(), b"", ()
                 )
                 return
+            started = time.monotonic()
             try:
                 transport, name, outcome, payload, metadata, caller = self.send(data)
             except (ValueError, UnicodeError, httpx.InvalidURL, httpx.LocalProtocolError) as error:
@@ -465,6 +520,7 @@ class Campaign:
                 self.report.requests += 1
                 del error
                 return
+            self.report.seconds_by[transport] += time.monotonic() - started
             self.record(transport, name, outcome, payload, metadata, caller)
 
         with contextlib.suppress(TimeUp):
@@ -475,6 +531,10 @@ class Campaign:
         self.report.requests += 1
         self.report.counts[(transport, name, outcome.code)] += 1
         if outcome.is_failure:
+            known = next((k for k in KNOWN_OPEN if k.matches(transport, outcome)), None)
+            if known is not None:
+                self.report.known[known.name] += 1
+                return
             finding = Finding(
                 transport,
                 name,
@@ -503,7 +563,7 @@ class Campaign:
                     self.report.problems.append(f"{service} :{port} health {name!r}: {status}")
 
 
-def _varint(value: int) -> bytes:
+def varint(value: int) -> bytes:
     out = bytearray()
     while True:
         byte, value = value & 0x7F, value >> 7
@@ -572,23 +632,30 @@ def running_stack(work: Path) -> Iterator[tuple[Settings, object]]:
         yield settings, stack
 
 
+def fuzz(
+    stack, settings: Settings, requests: int, seed_value: int, max_seconds: float, work: Path
+) -> Report:  # type: ignore[no-untyped-def]
+    """Fuzzes a running stack, then checks its health, its processes and its data."""
+    report = Report(seed=seed_value)
+    target = Target(settings)
+    try:
+        campaign = Campaign(target, report, work / "findings.jsonl")
+        campaign.run(requests, seed_value, max_seconds)
+        time.sleep(1)  # let background work started by the last requests settle
+        campaign.check_health()
+        dead = stack.failed()
+        if dead is not None:
+            report.problems.append(f"{dead.name} died; see {work / 'stack.log'}")
+        report.problems += half_written(Path(settings.data_dir))
+    finally:
+        target.close()
+    return report
+
+
 def run_campaign(
     requests: int, seed_value: int, max_seconds: float, work: Path | None = None
 ) -> Report:
     """Starts a stack, fuzzes it, checks it, stops it. Findings go to work/findings.jsonl."""
     work = work or Path(tempfile.mkdtemp(prefix="contextcache-fuzz-"))
-    report = Report(seed=seed_value)
     with running_stack(work) as (settings, stack):
-        target = Target(settings)
-        try:
-            campaign = Campaign(target, report, work / "findings.jsonl")
-            campaign.run(requests, seed_value, max_seconds)
-            time.sleep(1)  # let background work started by the last requests settle
-            campaign.check_health()
-            dead = stack.failed()
-            if dead is not None:
-                report.problems.append(f"{dead.name} died; see {work / 'stack.log'}")
-            report.problems += half_written(Path(settings.data_dir))
-        finally:
-            target.close()
-    return report
+        return fuzz(stack, settings, requests, seed_value, max_seconds, work)

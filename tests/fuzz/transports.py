@@ -30,7 +30,8 @@ from google.protobuf.message import Message
 
 TIMEOUT = 20.0
 # Codes that say the server broke, whatever the request.
-FAILURE_CODES = frozenset({"INTERNAL", "UNKNOWN", "DATA_LOSS"})
+# CLIENT_TIMEOUT: no answer within TIMEOUT; CONNECTION_LOST: the gateway dropped the call.
+FAILURE_CODES = frozenset({"INTERNAL", "UNKNOWN", "DATA_LOSS", "CLIENT_TIMEOUT", "CONNECTION_LOST"})
 CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
 
 
@@ -131,7 +132,16 @@ def grpc_web_call(
     headers = {"content-type": content_type, "x-grpc-web": "1", **dict(metadata)}
     if text:
         body = base64.b64encode(body)
-    response = client.post(base_url + path_of(method), content=body, headers=headers)
+    return http_request(client, "POST", base_url + path_of(method), content=body, headers=headers)
+
+
+def http_request(client: httpx.Client, verb: str, url: str, **kwargs: object) -> Outcome:
+    try:
+        response = client.request(verb, url, **kwargs)  # type: ignore[arg-type]
+    except httpx.TimeoutException as error:
+        return Outcome("CLIENT_TIMEOUT", detail=repr(error))
+    except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as error:
+        return Outcome("CONNECTION_LOST", detail=repr(error))
     return http_outcome(response)
 
 
@@ -177,15 +187,11 @@ def json_call(
     if route.body:
         content = json.dumps(fields if route.body == "*" else fields.get(route.body, {}))
         headers["content-type"] = "application/json"
-        response = client.request(
-            route.verb.upper(), base_url + path, content=content, headers=headers
+        return http_request(
+            client, route.verb.upper(), base_url + path, content=content, headers=headers
         )
-    else:
-        params = {k: v for k, v in fields.items() if isinstance(v, str | int | bool)}
-        response = client.request(
-            route.verb.upper(), base_url + path, params=params, headers=headers
-        )
-    return http_outcome(response)
+    params = {k: v for k, v in fields.items() if isinstance(v, str | int | bool)}
+    return http_request(client, route.verb.upper(), base_url + path, params=params, headers=headers)
 
 
 def _escape(value: str) -> str:
@@ -200,5 +206,4 @@ def raw_http(
     body: bytes,
     headers: dict[str, str],
 ) -> Outcome:
-    response = client.request(verb, base_url + path, content=body, headers=headers)
-    return http_outcome(response)
+    return http_request(client, verb, base_url + path, content=body, headers=headers)
