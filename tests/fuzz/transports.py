@@ -126,13 +126,16 @@ def grpc_web_call(
     body: bytes,
     metadata: tuple[tuple[str, str], ...],
     text: bool = False,
+    timeout: float = TIMEOUT,
 ) -> Outcome:
     """`body` is the whole HTTP body (well-formed frames or not)."""
     content_type = "application/grpc-web-text" if text else "application/grpc-web+proto"
     headers = {"content-type": content_type, "x-grpc-web": "1", **dict(metadata)}
     if text:
         body = base64.b64encode(body)
-    return http_request(client, "POST", base_url + path_of(method), content=body, headers=headers)
+    return http_request(
+        client, "POST", base_url + path_of(method), content=body, headers=headers, timeout=timeout
+    )
 
 
 def http_request(client: httpx.Client, verb: str, url: str, **kwargs: object) -> Outcome:
@@ -205,5 +208,8 @@ def raw_http(
     path: str,
     body: bytes,
     headers: dict[str, str],
+    timeout: float = TIMEOUT,
 ) -> Outcome:
-    return http_request(client, verb, base_url + path, content=body, headers=headers)
+    return http_request(
+        client, verb, base_url + path, content=body, headers=headers, timeout=timeout
+    )
