@@ -162,6 +162,18 @@ COVERAGE ?= yes
 test: install ## Run the test suite with a coverage report (needs PostgreSQL and Redis on 127.0.0.1 for the server tests)
 	$(PY) -m pytest -q $(if $(filter yes,$(COVERAGE)),--cov --cov-report=term)
 
+# A fuzzing campaign against a fresh stack (tests/fuzz): FUZZ_REQUESTS generated requests
+# over every transport, at most FUZZ_SECONDS; FUZZ_SEED replays a campaign (a random one is
+# printed otherwise). Fails on any INTERNAL/UNKNOWN/5xx, a health check not SERVING, a dead
+# process or half-written data.
+FUZZ_REQUESTS ?= 10000
+FUZZ_SECONDS ?= 3600
+FUZZ_SEED ?=
+
+.PHONY: fuzz
+fuzz: install ## Fuzz the whole stack: 10,000 generated requests (FUZZ_SEED, FUZZ_REQUESTS)
+	$(PY) -m tests.fuzz --requests $(FUZZ_REQUESTS) --max-seconds $(FUZZ_SECONDS) $(if $(FUZZ_SEED),--seed $(FUZZ_SEED))
+
 .PHONY: bench
 bench: install ## Run the benchmarks (prints figures)
 	for b in bench/*.py; do $(PY) $$b; done

@@ -1,7 +1,8 @@
 """Server interceptors: validation, error mapping and request logging for every RPC.
 
 Order for each call: record context (request id, deadline) → check the caller's identity
-against runtime/callers.py's table (before anything reads the request) → validate the
+against runtime/callers.py's table (before anything reads the request) → refuse a request
+whose bytes do not parse (INVALID_ARGUMENT, never grpcio's UNKNOWN) → validate the
 request against its protovalidate rules → run the handler → map errors to statuses → log
 one line and set `x-process-time` in trailing metadata; count it in runtime/metrics.py
 (method and code only). Never logs request or response bodies.
@@ -20,7 +21,7 @@ from typing import Any
 
 import grpc
 import protovalidate
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 
 from runtime import context as call_context
 from runtime import metrics
@@ -68,6 +69,37 @@ def validate(request: Message) -> None:
     else:
         message = "; ".join(f"{d.field}: {d.description}" for d in details)
     raise InvalidArgument(message, details)
+
+
+class MalformedRequest:
+    """What a request deserializes to when its bytes are not a message of the method's type
+    (truncated or corrupt protobuf, a string that is not UTF-8). grpcio would answer such a
+    request UNKNOWN before any interceptor saw it; the handler turns this into
+    INVALID_ARGUMENT once the caller is authorized."""
+
+    def __init__(self, error: DecodeError) -> None:
+        self.error = error
+
+
+def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except DecodeError as error:
+            return MalformedRequest(error)
+
+    return parse
+
+
+def _refuse_malformed(request: Any) -> None:
+    if isinstance(request, MalformedRequest):
+        raise InvalidArgument(
+            "The request is not a valid protobuf message of this method's request type "
+            "(truncated or corrupt bytes, or a string field that is not UTF-8)"
+        )
 
 
 class _Call:
@@ -238,6 +270,7 @@ def _wrap(
             async with _guard(call):
                 call_context.caller.set(authorize_caller(method, context))
                 if unary_request:
+                    _refuse_malformed(request)
                     validate(request)
                 responses = (
                     behavior(request, context)
@@ -254,6 +287,7 @@ def _wrap(
         async with _guard(call):
             call_context.caller.set(authorize_caller(method, context))
             if unary_request:
+                _refuse_malformed(request)
                 validate(request)
             return await behavior(request, context)
         return None  # reached only when the call was aborted (the guard re-raises)
@@ -273,8 +307,11 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return None
         method = handler_call_details.method
+        unary_request = bool(handler.unary_unary or handler.unary_stream)
+        deserializer = handler.request_deserializer
         kwargs = {
-            "request_deserializer": handler.request_deserializer,
+            # Streamed requests keep grpcio's own handling: no handler here reads one.
+            "request_deserializer": _lenient(deserializer) if unary_request else deserializer,
             "response_serializer": handler.response_serializer,
         }
         if handler.unary_unary:

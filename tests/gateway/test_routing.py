@@ -153,6 +153,8 @@ def test_route_table_allows_exactly_the_public_methods():
     def first_route(path: str) -> dict:
         for route in routes:
             match = route["match"]
+            if match.get("headers"):
+                continue  # only for some requests (a body that is not gRPC: 415)
             if "path" in match and match["path"] == path:
                 return route
             if "prefix" in match and path.startswith(match["prefix"]):
