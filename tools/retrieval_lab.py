@@ -245,6 +245,8 @@ class Variant:
     identifier_weight: float | None = None
     identifier_rule: str = "identifier"  # identifier | short
     fused_limit: int = candidate_limit(TOP_K)
+    # Each single ranking's first `guard` chunks are moved into the fused top 5.
+    guard: int = 0
 
     def rank(self, corpus: Corpus, q: int) -> list[ScoredId]:
         if self.mode == "dense":
@@ -263,8 +265,28 @@ class Variant:
         if not lists[1]:
             return lists[0][: self.fused_limit]
         if self.method == "rrf":
-            return fuse(lists, weights, self.fused_limit, "rrf", self.rrf_k)
-        return score_fusion(lists, weights, NORMALIZERS[self.method])[: self.fused_limit]
+            fused = fuse(lists, weights, self.fused_limit, "rrf", self.rrf_k)
+        else:
+            fused = score_fusion(lists, weights, NORMALIZERS[self.method])[: self.fused_limit]
+        return guarded(fused, lists, self.guard) if self.guard else fused
+
+
+def guarded(fused: list[ScoredId], lists: list[list[ScoredId]], m: int) -> list[ScoredId]:
+    """`fused` with each list's top `m` chunks moved into its first TOP_K places."""
+    must = {s.chunk_id for ranking in lists for s in ranking[:m]}
+    head = fused[:TOP_K]
+    ids = {s.chunk_id for s in head}
+    scores = {s.chunk_id: s.score for s in fused}
+    for cid in [c for ranking in lists for c in (s.chunk_id for s in ranking[:m])]:
+        if cid in ids:
+            continue
+        victims = [s for s in reversed(head) if s.chunk_id not in must]
+        if not victims:
+            break
+        head.remove(victims[0])
+        head.append(ScoredId(cid, min(scores.get(cid, 0.0), head[-1].score)))
+        ids = {s.chunk_id for s in head}
+    return head + [s for s in fused if s.chunk_id not in ids]
 
 
 def answer_rank(corpus: Corpus, q: int, ranking: list[ScoredId]) -> int | None:
@@ -317,6 +339,11 @@ def variants() -> dict[str, Variant]:
     for k in (10, 30, 60):
         for wk in (1.0, 1.5, 2.0):
             out[f"hybrid rrf k={k} 1:{wk}"] = Variant(method="rrf", rrf_k=k, weights=(1.0, wk))
+    for m in (1, 2):
+        out[f"hybrid guard top{m}"] = Variant(guard=m)
+        out[f"hybrid minmax 1:1.0 guard top{m}"] = Variant(
+            method="minmax", weights=(1.0, 1.0), guard=m
+        )
     for rule in ("identifier", "short"):
         for wk, wi in ((1.0, 2.0), (1.0, 3.0), (1.5, 3.0), (1.25, 2.5)):
             out[f"hybrid dbsf 1:{wk} {rule} 1:{wi}"] = Variant(
