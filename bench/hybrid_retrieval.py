@@ -1,7 +1,7 @@
 """Retrieval quality of dense, keyword and hybrid search on three public corpora.
 
     .venv/bin/python bench/hybrid_retrieval.py [--set NAME ...] [--rounds 1] [--misses]
-                                               [--json out.json] [--dump DIR]
+                                               [--json out.json]
 
 Starts the four services in this process on the embedded default (SQLite files and the
 embedded Qdrant Edge index in a temporary directory, no Redis, so no query is served from a
@@ -13,8 +13,7 @@ over gRPC (top_k 5).
 A question is answered when its answer string (whitespace-insensitive) appears in a returned
 passage. Printed per set, mode and half (held-back, tuning): hit@1, hit@5, MRR@5 and hit@5 per
 question kind; then the query latency seen by the client (p50/p99 over `--rounds` passes).
-`--dump DIR` also writes each question's raw dense and keyword rankings (top 50 chunks, as
-hybrid fuses them) to DIR/<set>.json, for tools/fusion_tuning.py.
+Variants are compared offline, on the tuning halves, by tools/retrieval_lab.py.
 
 Hybrid weights come from HYBRID_DENSE_WEIGHT / HYBRID_KEYWORD_WEIGHT, as in the service.
 Exit codes: 0 done, 2 a corpus is not installed or a question set is inconsistent.
@@ -55,12 +54,10 @@ from contextcache.v1 import (  # noqa: E402
     query_pb2,
     query_pb2_grpc,
 )
-from retrieval.sealing import associated_data  # noqa: E402
 from runtime.config import Settings  # noqa: E402
 from runtime.ports import free_port  # noqa: E402
 from runtime.server import Server  # noqa: E402
 from runtime.tls import workload_identity  # noqa: E402
-from services.query.index import SearchFilter  # noqa: E402
 
 MODES = {
     "dense": query_pb2.RETRIEVAL_MODE_DENSE,
@@ -68,8 +65,6 @@ MODES = {
     "hybrid": query_pb2.RETRIEVAL_MODE_HYBRID,
 }
 TOP_K = 5
-# Depth of the raw rankings written by --dump (what hybrid fuses for top_k 5).
-DUMP_DEPTH = 50
 PASSPHRASE = "retrieval benchmark passphrase, not a secret"
 SERVICES = ("crypto", "query", "ingest", "projects")
 
@@ -193,70 +188,12 @@ async def ask(
     return rank, elapsed_ms, response
 
 
-async def raw_rankings(
-    server: Server, project_id: str, token: str, question: Question
-) -> dict[str, list[dict]]:
-    """The question's dense and keyword rankings straight from the index (top DUMP_DEPTH),
-    each chunk with its place in its document and whether it holds the answer."""
-    from retrieval.cipher import ContentCipher
-    from retrieval.terms import term_frequencies
-
-    app = server.app
-    cipher = ContentCipher(app.crypto, project_id, token)
-    where = SearchFilter.project(project_id)
-    vector = app.embedder.embed([question.question])[0]
-    frequencies = term_frequencies(question.question)
-    ids = await cipher.hash_terms(list(frequencies)) if frequencies else {}
-    merged: dict[int, float] = {}
-    for term, count in frequencies.items():
-        merged[ids[term]] = merged.get(ids[term], 0.0) + count
-    ordered = sorted(merged)
-    rankings = {
-        "dense": await app.index.search_dense(vector, where, DUMP_DEPTH),
-        "keyword": await app.index.search_sparse(
-            ordered, [merged[i] for i in ordered], where, DUMP_DEPTH
-        )
-        if ordered
-        else [],
-    }
-    out: dict[str, list[dict]] = {}
-    wanted = squeeze(question.answer)
-    for name, hits in rankings.items():
-        texts = (
-            await cipher.decrypt(
-                [
-                    (
-                        h.encrypted_text,
-                        associated_data("chunk", project_id, h.document_id, h.chunk_index),
-                    )
-                    for h in hits
-                ]
-            )
-            if hits
-            else []
-        )
-        out[name] = [
-            {
-                "chunk_id": h.chunk_id,
-                "document_id": h.document_id,
-                "chunk_index": h.chunk_index,
-                "start": h.start_offset,
-                "end": h.end_offset,
-                "score": h.score,
-                "answer": wanted in squeeze(text.decode()),
-            }
-            for h, text in zip(hits, texts, strict=True)
-        ]
-    return out
-
-
 async def evaluate_set(
     servers: dict[str, Server],
     channels: dict[str, grpc.aio.Channel],
     qset: QuestionSet,
     rounds: int,
     show_misses: bool,
-    dump: Path | None,
 ) -> dict:
     started = time.perf_counter()
     project_id, token, chunks = await ingest_set(channels, qset)
@@ -287,17 +224,6 @@ async def evaluate_set(
                     if rank is None:
                         titles = [p.document_title for p in response.passages]
                         misses[name].append((question, titles))
-    if dump is not None:
-        rows = [
-            {
-                "question": q.question,
-                "kind": q.kind,
-                "held_back": q.held_back,
-                **await raw_rankings(servers["query"], project_id, token, q),
-            }
-            for q in qset.questions
-        ]
-        await asyncio.to_thread((dump / f"{qset.name}.json").write_text, json.dumps(rows) + "\n")
     figures = summary(results, qset.questions, kinds)
     print_table(figures, kinds)
     if show_misses:
@@ -389,14 +315,14 @@ def print_table(figures: dict, kinds: list[str]) -> None:
     )
 
 
-async def run(sets: list[QuestionSet], rounds: int, show_misses: bool, dump: Path | None) -> dict:
+async def run(sets: list[QuestionSet], rounds: int, show_misses: bool) -> dict:
     figures = {}
     with tempfile.TemporaryDirectory(prefix="cc-retrieval-") as tmp:
         servers, channels = await start_stack(Path(tmp))
         try:
             for qset in sets:
                 figures[qset.name] = await evaluate_set(
-                    servers, channels, qset, rounds, show_misses, dump
+                    servers, channels, qset, rounds, show_misses
                 )
         finally:
             await stop_stack(servers, channels)
@@ -409,7 +335,6 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=1, help="passes over the questions")
     parser.add_argument("--misses", action="store_true", help="list the questions each mode missed")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
-    parser.add_argument("--dump", type=Path, help="write raw rankings here (for fusion tuning)")
     args = parser.parse_args()
     if args.rounds < 1:
         parser.error("--rounds must be >= 1")
@@ -418,9 +343,7 @@ def main() -> int:
     except (MissingCorpus, ValueError) as problem:
         print(problem, file=sys.stderr)
         return 2
-    if args.dump is not None:
-        args.dump.mkdir(parents=True, exist_ok=True)
-    figures = asyncio.run(run(sets, args.rounds, args.misses, args.dump))
+    figures = asyncio.run(run(sets, args.rounds, args.misses))
     if args.json is not None:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
     return 0

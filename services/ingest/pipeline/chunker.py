@@ -99,6 +99,9 @@ class Chunker:
     which also gives `token_starts`; with another counter, each distinct unit is counted alone.
     """
 
+    # Boundary strengths a chunk end is looked for at, strongest first.
+    _preferred_breaks: tuple[int, ...] = (_SENTENCE, _WORD)
+
     def __init__(
         self,
         max_tokens: int = 256,
@@ -371,7 +374,7 @@ class Chunker:
         """The latest sentence boundary, else word boundary, in (covered, e] that keeps the
         chunk at least half full; `e` itself when there is none."""
         floor = prefix[s] + _MIN_FILL * self._budget
-        for strength in (_SENTENCE, _WORD):
+        for strength in self._preferred_breaks:
             b = e
             while b > covered and prefix[b] >= floor:
                 if breaks[b - 1] >= strength:

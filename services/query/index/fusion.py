@@ -23,7 +23,7 @@ from services.query.index.types import (
 )
 
 # What the query service fuses with. Chosen on the tuning halves of bench/retrieval_sets (three
-# corpora; tools/fusion_tuning.py compares the variants, bench/hybrid_retrieval.py prints the
+# corpora; tools/retrieval_lab.py compares the variants, bench/hybrid_retrieval.py prints the
 # held-back figures): score-based fusion ranks the answer first more often than reciprocal
 # rank, whose ranks forget by how much the best candidate led; keyword search, the stronger
 # single mode on identifiers, weighs 1.5 against dense's 1 (HYBRID_KEYWORD_WEIGHT).
