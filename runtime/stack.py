@@ -21,6 +21,7 @@ a Prometheus configuration scraping them is written to DATA_DIR/prometheus.yml.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
@@ -136,6 +137,26 @@ def children(settings: Settings, workers: int = 1) -> list[Child]:
     return services
 
 
+def _session_members(session: int) -> list[int]:
+    """The processes of a session, from Linux's /proc (elsewhere: none)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # The command name (2nd field) may hold spaces: fields after its ")" are fixed.
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue  # ended meanwhile
+        if int(fields[3]) == session:
+            members.append(int(stat.parent.name))
+    return members
+
+
+def _kill_session(session: int) -> None:
+    for pid in _session_members(session):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
 def ready(port: int, identity: Identity, timeout: float = 1.0) -> bool:
     """Whether the service on `port` answers its liveness check (over mutual TLS, as the
     operator)."""
@@ -187,7 +208,7 @@ class Stack:
             self._spawn(child)
             if child.port is not None:
                 self._wait_ready(child, timeout)
-        self._wait_gateway(timeout)
+        self.wait_gateway(timeout)
 
     def _spawn(self, child: Child) -> None:
         env = dict(self.env)
@@ -215,17 +236,23 @@ class Stack:
         return found
 
     def kill(self, name: str, sig: int = signal.SIGKILL, timeout: float = STOP_GRACE) -> None:
-        """Sends `sig` to one child's process group (SIGKILL: a crash, nothing cleaned up;
-        SIGTERM: a graceful stop) and waits until it has exited (then SIGKILL)."""
+        """Stops one child as its container would stop. SIGKILL: a crash — every process of
+        the child's session dies at once, RQ's work horses included (they leave the child's
+        process group), nothing is cleaned up. SIGTERM: a graceful stop of the child, then
+        SIGKILL for all that is left after `timeout`."""
         process = self.child(name).process
-        if process is None or process.poll() is not None:
+        if process is None:
             return
-        os.killpg(process.pid, sig)
+        if sig == signal.SIGKILL:
+            _kill_session(process.pid)
+        if process.poll() is None:
+            process.send_signal(sig)
         try:
             process.wait(timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+            process.kill()
             process.wait()
+        _kill_session(process.pid)  # what it left behind (its leader is gone: no new members)
 
     def restart(self, name: str, timeout: float = 120.0) -> None:
         """Starts one child again (stopping it first if it runs) on the same ports, and
@@ -236,9 +263,9 @@ class Stack:
         if child.port is not None:
             self._wait_ready(child, timeout)
         if child.name == "envoy":
-            self._wait_gateway(timeout)
+            self.wait_gateway(timeout)
 
-    def _wait_gateway(self, timeout: float) -> None:
+    def wait_gateway(self, timeout: float) -> None:
         """Until Envoy routes to every service (its first upstream health checks passed)."""
         from contextcache.v1 import (
             crypto_pb2,
