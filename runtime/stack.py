@@ -49,6 +49,9 @@ from runtime.ports import free_port
 from runtime.tls import Identity, workload_identity
 
 STOP_GRACE = 15.0
+# How long one child may take to become ready: ingest loads the embedding model before it
+# listens, which takes minutes on a busy 2-core machine.
+START_TIMEOUT = 300.0
 
 
 @dataclass
@@ -198,7 +201,7 @@ class Stack:
     def prometheus_config(self) -> Path:
         return Path(self.settings.data_dir) / "prometheus.yml"
 
-    def start(self, timeout: float = 120.0) -> None:
+    def start(self, timeout: float = START_TIMEOUT) -> None:
         Path(self.settings.data_dir).mkdir(parents=True, exist_ok=True)
         # Outside production this creates the development CA and every workload's
         # certificate before any child starts (each child would otherwise make them itself).
@@ -254,7 +257,7 @@ class Stack:
             process.wait()
         _kill_session(process.pid)  # what it left behind (its leader is gone: no new members)
 
-    def restart(self, name: str, timeout: float = 120.0) -> None:
+    def restart(self, name: str, timeout: float = START_TIMEOUT) -> None:
         """Starts one child again (stopping it first if it runs) on the same ports, and
         waits until it is ready (Envoy: until it routes to every service again)."""
         child = self.child(name)
