@@ -15,7 +15,7 @@ import pytest
 from tests.faults.conftest import ChaosStack
 from tests.faults.matrix import Fault, down_for, exercise, kill_and_restart
 
-pytestmark = [pytest.mark.envoy, pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.envoy, pytest.mark.slow, pytest.mark.timeout(1200)]
 
 FAULTS = [
     Fault("PostgreSQL restart", lambda chaos: chaos.postgres.restart()),

@@ -24,7 +24,7 @@ from runtime.config import replica_addresses
 from tests.faults.conftest import ChaosStack, chaos_stack
 from tests.faults.matrix import Fault, exercise
 
-pytestmark = [pytest.mark.envoy, pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.envoy, pytest.mark.slow, pytest.mark.timeout(1200)]
 
 REPLICATED = ("projects", "ingest", "crypto")
 ALONE_FOR = 10.0  # seconds the surviving replica serves alone
