@@ -174,6 +174,17 @@ FUZZ_SEED ?=
 fuzz: install ## Fuzz the whole stack: 10,000 generated requests (FUZZ_SEED, FUZZ_REQUESTS)
 	$(PY) -m tests.fuzz --requests $(FUZZ_REQUESTS) --max-seconds $(FUZZ_SECONDS) $(if $(FUZZ_SEED),--seed $(FUZZ_SEED))
 
+# The fault matrix (tests/faults/): every fault on the stack of `make run`, and one replica
+# of each replicated service killed on the scaled topology (--replicas 2), each on a
+# PostgreSQL and a Redis of its own; each fault's figures go to build/fault-matrix.md.
+FAULT_FIGURES := build/fault-matrix.md
+
+.PHONY: chaos
+chaos: install ## Inject every fault (restarts, kill -9, outages) under load; figures in build/fault-matrix.md
+	mkdir -p build && printf '| fault | lasted | last failed call | calls by code |\n|---|---|---|---|\n' > $(FAULT_FIGURES)
+	FAULT_MATRIX=full FAULT_FIGURES=$(CURDIR)/$(FAULT_FIGURES) $(PY) -m pytest -q tests/faults
+	cat $(FAULT_FIGURES)
+
 .PHONY: bench
 bench: install ## Run the benchmarks (prints figures)
 	for b in bench/*.py; do $(PY) $$b; done

@@ -19,6 +19,7 @@ import grpc
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
 from runtime import context as call_context
+from runtime.config import replica_addresses
 from runtime.health import Dependency
 from runtime.telemetry import traced
 from runtime.tls import Identity, target_name
@@ -72,6 +73,17 @@ class DeadlinePropagation(
         return await continuation(_call_options(client_call_details), request)
 
 
+def channel_target(address: str, options: list[tuple[str, Any]]) -> str:
+    """The gRPC target of an address setting. Replicas (`ip:port,ip:port`) become one
+    channel balancing calls round-robin over those that answer, so a replica that goes away
+    costs only the calls it held (they fail UNAVAILABLE); a single address is used as is."""
+    replicas = replica_addresses(address)
+    if len(replicas) == 1:
+        return replicas[0]
+    options.append(("grpc.lb_policy_name", "round_robin"))
+    return "ipv4:" + ",".join(replicas)
+
+
 def open_channel(address: str, identity: Identity, service: str | None = None) -> grpc.aio.Channel:
     """A channel to `service` at `address`, authenticated as `identity`.
 
@@ -82,7 +94,7 @@ def open_channel(address: str, identity: Identity, service: str | None = None) -
     if service is not None:
         options.append(("grpc.ssl_target_name_override", target_name(service)))
     return grpc.aio.secure_channel(
-        address,
+        channel_target(address, options),
         identity.channel_credentials(),
         options=options,
         interceptors=[

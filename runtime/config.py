@@ -46,6 +46,12 @@ DEFAULT_METRICS_PORTS = {
 }
 
 
+def replica_addresses(address: str) -> list[str]:
+    """The replicas of a service address setting: `host:port`, or several separated by commas
+    (`python -m runtime.stack --replicas 2`); callers balance their calls over them."""
+    return [part.strip() for part in address.split(",") if part.strip()]
+
+
 class Settings(BaseSettings):
     """Every setting of every service; each service reads the ones it needs."""
 
@@ -82,7 +88,7 @@ class Settings(BaseSettings):
     qdrant_url: str | None = None
     qdrant_path: Path | None = None
 
-    # Addresses of the other services (host:port).
+    # Addresses of the other services (host:port; replicas: host:port,host:port).
     projects_addr: str = "127.0.0.1:50051"
     ingest_addr: str = "127.0.0.1:50052"
     query_addr: str = "127.0.0.1:50053"
@@ -195,9 +201,10 @@ class Settings(BaseSettings):
     @field_validator("projects_addr", "ingest_addr", "query_addr", "crypto_addr", "ratelimit_addr")
     @classmethod
     def _host_port(cls, value: str) -> str:
-        host, _, port = value.rpartition(":")
-        if not host or not port.isdigit():
-            raise ValueError("must be host:port")
+        for replica in replica_addresses(value):
+            host, _, port = replica.rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError("must be host:port (or host:port,host:port for replicas)")
         return value
 
     @property

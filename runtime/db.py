@@ -19,6 +19,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from runtime.config import ServiceName, Settings
+from runtime.errors import Unavailable
 from runtime.health import Dependency
 
 # A pooled PostgreSQL connection idle for longer than this is pinged before it is handed out
@@ -119,6 +120,21 @@ def ping_when_idle(engine: AsyncEngine, idle_seconds: float) -> None:
             if dialect.is_disconnect(error, dbapi_connection, None):
                 raise exc.InvalidatePoolError() from error
             raise
+
+
+def unavailable_database(error: BaseException) -> Unavailable | None:
+    """What a caller should see when `error` says the database could not be reached or lost
+    the connection (a restart, a network cut, a pool with no connection to give): UNAVAILABLE,
+    which clients may retry, rather than INTERNAL, which reports a bug. None for any other
+    error. The driver's text stays in the logs."""
+    connection_lost = isinstance(error, exc.DBAPIError) and (
+        error.connection_invalidated or isinstance(error, exc.OperationalError | exc.InterfaceError)
+    )
+    if not (connection_lost or isinstance(error, exc.TimeoutError)):
+        return None
+    unavailable = Unavailable("The database is unavailable. Try again in a few seconds.")
+    unavailable.cause = "database"
+    return unavailable
 
 
 def database_dependency(engine: AsyncEngine) -> Dependency:

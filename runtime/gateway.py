@@ -19,7 +19,7 @@ import string
 import sys
 from pathlib import Path
 
-from runtime.config import REPO_ROOT, Settings, load_settings
+from runtime.config import REPO_ROOT, Settings, load_settings, replica_addresses
 from runtime.protos import PUBLIC_METHODS, SERVICE_NAMES
 from runtime.tls import CA_FILE, CERT_FILE, KEY_FILE, ensure_dev_pki
 from services.ratelimit.refusal import RATE_LIMITED_MESSAGE, status_details_bin
@@ -28,9 +28,15 @@ from services.ratelimit.rules import load_rules
 TEMPLATE = REPO_ROOT / "envoy" / "envoy.yaml"
 
 
-def _host_port(address: str) -> tuple[str, str]:
-    host, _, port = address.rpartition(":")
-    return host.strip("[]"), port
+def lb_endpoints(address: str) -> str:
+    """An address setting (host:port, or replicas separated by commas) as Envoy's
+    lb_endpoints (a YAML flow list): one endpoint per replica, load-balanced."""
+    endpoints = []
+    for replica in replica_addresses(address):
+        host, _, port = replica.rpartition(":")
+        socket_address = {"address": host.strip("[]"), "port_value": int(port)}
+        endpoints.append({"endpoint": {"address": {"socket_address": socket_address}}})
+    return json.dumps(endpoints)
 
 
 def cors_matchers(origins: list[str]) -> str:
@@ -103,7 +109,7 @@ def substitutions(settings: Settings) -> dict[str, str]:
         "CRYPTO": settings.crypto_addr,
         "RATELIMIT": settings.ratelimit_addr,
     }.items():
-        values[f"{name}_HOST"], values[f"{name}_PORT"] = _host_port(address)
+        values[f"{name}_ENDPOINTS"] = lb_endpoints(address)
     return values
 
 

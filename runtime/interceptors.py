@@ -27,6 +27,7 @@ from runtime import context as call_context
 from runtime import metrics
 from runtime.background import cancel_and_wait
 from runtime.callers import authorize_caller, client_address
+from runtime.db import unavailable_database
 from runtime.errors import (
     STATUS_DETAILS_KEY,
     FieldViolation,
@@ -128,6 +129,14 @@ class _Call:
     async def fail(self, error: BaseException) -> None:
         """Aborts the call with the status for `error` (re-raises the AbortError)."""
         details: tuple[tuple[str, bytes], ...] = ()
+        if not isinstance(error, ServiceError) and (unavailable := unavailable_database(error)):
+            log.warning(
+                "%s: the database is unavailable (%s)",
+                self.method,
+                type(getattr(error, "orig", None) or error).__name__,
+                extra={"request_id": self.request_id},
+            )
+            error = unavailable
         if isinstance(error, ServiceError):
             self.code, message = error.code, error.message
             details = ((STATUS_DETAILS_KEY, error.to_status().SerializeToString()),)

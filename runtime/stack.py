@@ -5,6 +5,11 @@ with REDIS_URL) and Envoy as child processes, waits until each is ready, and on 
 or SIGTERM stops them in reverse order (SIGTERM, then SIGKILL after a grace period), so
 nothing is left running. If any child dies, everything is stopped and the exit code says so.
 
+`--replicas N` (or STACK_REPLICAS; needs DATABASE_URL and REDIS_URL) runs N replicas each of
+projects, ingest and crypto, each on its own port with the same workload certificate, and N
+RQ workers; Envoy and the services balance their calls over the replicas. `Stack.kill` and
+`Stack.restart` stop and start one child (the fault tests, tests/faults/).
+
 Once `make install` has built it, the web console's file server (runtime/console.py) is one
 more child, and its origin is added to the gateway's CORS origins.
 
@@ -15,6 +20,8 @@ a Prometheus configuration scraping them is written to DATA_DIR/prometheus.yml.
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import os
 import signal
 import subprocess
@@ -34,6 +41,7 @@ from runtime.config import (
     ServiceName,
     Settings,
     load_settings,
+    replica_addresses,
 )
 from runtime.gateway import envoy_command, render
 from runtime.monitoring import ENVOY_STATS_PATH, write_prometheus_config
@@ -41,6 +49,9 @@ from runtime.ports import free_port
 from runtime.tls import Identity, workload_identity
 
 STOP_GRACE = 15.0
+# How long one child may take to become ready: ingest loads the embedding model before it
+# listens, which takes minutes on a busy 2-core machine.
+START_TIMEOUT = 300.0
 
 
 @dataclass
@@ -54,11 +65,35 @@ class Child:
 
 
 def port_of(address: str) -> int:
-    return int(address.rpartition(":")[2])
+    """The port of an address (of its first replica)."""
+    return int(replica_addresses(address)[0].rpartition(":")[2])
 
 
-def children(settings: Settings) -> list[Child]:
-    """Each service listens on the port of its *_ADDR setting (the defaults: 50051…)."""
+# The services that can run as several replicas: stateless but for the shared PostgreSQL
+# and Redis (query owns the embedded index, the rate-limit service its in-memory fallback).
+REPLICATED = (ServiceName.PROJECTS, ServiceName.INGEST, ServiceName.CRYPTO)
+
+
+def replicated(settings: Settings, replicas: int) -> Settings:
+    """The settings of a stack with `replicas` of each REPLICATED service: the first keeps
+    its *_ADDR port, the others take free ports, and every *_ADDR lists them all (Envoy and
+    the services' own channels balance over them)."""
+    if replicas == 1:
+        return settings
+    if not (settings.database_url and settings.redis_url):
+        raise ValueError("replicas share PostgreSQL and Redis: set DATABASE_URL and REDIS_URL")
+    update = {}
+    for service in REPLICATED:
+        first = replica_addresses(getattr(settings, f"{service.value}_addr"))[0]
+        more = [f"127.0.0.1:{free_port()}" for _ in range(replicas - 1)]
+        update[f"{service.value}_addr"] = ",".join([first, *more])
+    return settings.model_copy(update=update)
+
+
+def children(settings: Settings, workers: int = 1) -> list[Child]:
+    """Each service listens on the port of its *_ADDR setting (the defaults: 50051…); one
+    child per replica listed there (named `ingest`, `ingest-2`, …), and `workers` RQ workers
+    (with REDIS_URL)."""
     python = sys.executable
     addresses = {
         ServiceName.CRYPTO: settings.crypto_addr,
@@ -68,28 +103,32 @@ def children(settings: Settings) -> list[Child]:
         ServiceName.RATELIMIT: settings.ratelimit_addr,
     }
     # The default metrics ports go with the default service ports; a stack on other ports
-    # (tests, the demo, benchmarks) may run beside one on the defaults.
-    defaults = all(port_of(a) == DEFAULT_PORTS[s] for s, a in addresses.items())
+    # (tests, the demo, benchmarks) or with replicas may run beside one on the defaults.
+    defaults = workers == 1 and all(
+        replica_addresses(a) == [f"127.0.0.1:{DEFAULT_PORTS[s]}"] for s, a in addresses.items()
+    )
 
     def metrics_port(name: str) -> int:
         return DEFAULT_METRICS_PORTS[name] if defaults else free_port()
 
     services = [
         Child(
-            s.value,
+            s.value if n == 1 else f"{s.value}-{n}",
             [python, "-m", f"services.{s.value}"],
-            port_of(address),
+            port_of(replica),
             metrics_port=metrics_port(s.value),
         )
         for s, address in addresses.items()
+        for n, replica in enumerate(replica_addresses(address), start=1)
     ]
     if settings.redis_url:
-        services.append(
+        services.extend(
             Child(
-                "worker",
+                "worker" if n == 1 else f"worker-{n}",
                 [python, "-m", "services.ingest.worker"],
                 metrics_port=metrics_port("worker"),
             )
+            for n in range(1, workers + 1)
         )
     if console.is_built(settings):
         services.append(Child("console", console.ARGV, settings.console_port, http=True))
@@ -99,6 +138,26 @@ def children(settings: Settings) -> list[Child]:
     settings = settings.model_copy(update={"gateway_stats_port": stats_port})
     services.append(Child("envoy", envoy_command(render(settings)), metrics_port=stats_port))
     return services
+
+
+def _session_members(session: int) -> list[int]:
+    """The processes of a session, from Linux's /proc (elsewhere: none)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # The command name (2nd field) may hold spaces: fields after its ")" are fixed.
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue  # ended meanwhile
+        if int(fields[3]) == session:
+            members.append(int(stat.parent.name))
+    return members
+
+
+def _kill_session(session: int) -> None:
+    for pid in _session_members(session):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def ready(port: int, identity: Identity, timeout: float = 1.0) -> bool:
@@ -116,12 +175,21 @@ def ready(port: int, identity: Identity, timeout: float = 1.0) -> bool:
 
 class Stack:
     def __init__(
-        self, settings: Settings, env: dict[str, str] | None = None, log: Path | None = None
+        self,
+        settings: Settings,
+        env: dict[str, str] | None = None,
+        log: Path | None = None,
+        replicas: int = 1,
     ) -> None:
-        """`log`: a file for the children's output (default: this terminal)."""
-        self.settings = settings
+        """`log`: a file for the children's output (default: this terminal). `replicas`:
+        how many of each of projects, ingest and crypto, and of RQ workers."""
+        self.settings = replicated(settings, replicas)
         self.env = dict(os.environ if env is None else env)
-        self.children = children(settings)
+        for service in REPLICATED:  # every child reaches every replica
+            self.env[f"{service.value.upper()}_ADDR"] = getattr(
+                self.settings, f"{service.value}_addr"
+            )
+        self.children = children(self.settings, workers=replicas)
         self.log = log
 
     @property
@@ -133,35 +201,74 @@ class Stack:
     def prometheus_config(self) -> Path:
         return Path(self.settings.data_dir) / "prometheus.yml"
 
-    def start(self, timeout: float = 120.0) -> None:
+    def start(self, timeout: float = START_TIMEOUT) -> None:
         Path(self.settings.data_dir).mkdir(parents=True, exist_ok=True)
         # Outside production this creates the development CA and every workload's
         # certificate before any child starts (each child would otherwise make them itself).
         self.operator = workload_identity(self.settings, "operator")
         write_prometheus_config(self.prometheus_config, self.metrics_targets)
         for child in self.children:
-            env = dict(self.env)
-            env.pop("PORT", None)
-            if child.port is not None:
-                env["PORT"] = str(child.port)
-            if child.metrics_port is not None:
-                env["METRICS_PORT"] = str(child.metrics_port)
-            output = self.log.open("ab") if self.log else None
-            child.process = subprocess.Popen(  # noqa: S603 — our own interpreter and binaries
-                child.argv,
-                cwd=REPO_ROOT,
-                env=env,
-                start_new_session=True,
-                stdout=output,
-                stderr=subprocess.STDOUT if output else None,
-            )
-            if output:
-                output.close()  # the child holds its own descriptor
+            self._spawn(child)
             if child.port is not None:
                 self._wait_ready(child, timeout)
-        self._wait_gateway(timeout)
+        self.wait_gateway(timeout)
 
-    def _wait_gateway(self, timeout: float) -> None:
+    def _spawn(self, child: Child) -> None:
+        env = dict(self.env)
+        env.pop("PORT", None)
+        if child.port is not None:
+            env["PORT"] = str(child.port)
+        if child.metrics_port is not None:
+            env["METRICS_PORT"] = str(child.metrics_port)
+        output = self.log.open("ab") if self.log else None
+        child.process = subprocess.Popen(  # noqa: S603 — our own interpreter and binaries
+            child.argv,
+            cwd=REPO_ROOT,
+            env=env,
+            start_new_session=True,
+            stdout=output,
+            stderr=subprocess.STDOUT if output else None,
+        )
+        if output:
+            output.close()  # the child holds its own descriptor
+
+    def child(self, name: str) -> Child:
+        found = next((c for c in self.children if c.name == name), None)
+        if found is None:
+            raise KeyError(f"no child named {name!r}: {[c.name for c in self.children]}")
+        return found
+
+    def kill(self, name: str, sig: int = signal.SIGKILL, timeout: float = STOP_GRACE) -> None:
+        """Stops one child as its container would stop. SIGKILL: a crash — every process of
+        the child's session dies at once, RQ's work horses included (they leave the child's
+        process group), nothing is cleaned up. SIGTERM: a graceful stop of the child, then
+        SIGKILL for all that is left after `timeout`."""
+        process = self.child(name).process
+        if process is None:
+            return
+        if sig == signal.SIGKILL:
+            _kill_session(process.pid)
+        if process.poll() is None:
+            process.send_signal(sig)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        _kill_session(process.pid)  # what it left behind (its leader is gone: no new members)
+
+    def restart(self, name: str, timeout: float = START_TIMEOUT) -> None:
+        """Starts one child again (stopping it first if it runs) on the same ports, and
+        waits until it is ready (Envoy: until it routes to every service again)."""
+        child = self.child(name)
+        self.kill(name, signal.SIGTERM)
+        self._spawn(child)
+        if child.port is not None:
+            self._wait_ready(child, timeout)
+        if child.name == "envoy":
+            self.wait_gateway(timeout)
+
+    def wait_gateway(self, timeout: float) -> None:
         """Until Envoy routes to every service (its first upstream health checks passed)."""
         from contextcache.v1 import (
             crypto_pb2,
@@ -233,7 +340,23 @@ class Stack:
         self.stop()
 
 
-def main() -> int:
+def replicas_from(argv: list[str] | None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m runtime.stack", description=__doc__)
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=int(os.environ.get("STACK_REPLICAS", "1")),
+        help="replicas of projects, ingest and crypto, and RQ workers (env STACK_REPLICAS;"
+        " more than 1 needs DATABASE_URL and REDIS_URL)",
+    )
+    replicas = parser.parse_args(argv).replicas
+    if not 1 <= replicas <= 8:
+        parser.error("--replicas must be between 1 and 8")
+    return replicas
+
+
+def main(argv: list[str] | None = None) -> int:
+    replicas = replicas_from(argv)
     settings = load_settings()
     stopping = False
 
@@ -243,9 +366,14 @@ def main() -> int:
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
-    stack = Stack(settings)
+    try:
+        stack = Stack(settings, replicas=replicas)
+    except ValueError as error:
+        print(f"start-up failed: {error}", file=sys.stderr)
+        return 2
     try:
         stack.start()
+        settings = stack.settings
         gateway = f"{settings.gateway_host}:{settings.gateway_port}"
         print(
             f"\nContextCache is running: gRPC and gRPC-Web on {gateway} (Envoy; admin "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 import grpc
@@ -9,7 +10,7 @@ import grpc
 from contextcache.internal.v1 import crypto_pb2_grpc, query_pb2_grpc
 from contextcache.internal.v1 import ingest_pb2_grpc as ingest_internal_pb2_grpc
 from contextcache.v1 import ingest_pb2_grpc
-from retrieval.embeddings import Embedder
+from retrieval.embeddings import Embedder, load_model
 from runtime.clients import grpc_dependency, open_channel
 from runtime.config import ServiceName, Settings
 from runtime.db import create_engine, database_dependency, database_url, upgrade_async
@@ -94,6 +95,11 @@ class IngestApp(ServiceApp):
 
     async def start(self) -> None:
         await self.open()
+        # The embedding model now, before the server listens, not in the first ingestion:
+        # loading it holds the GIL for seconds (about a minute on a busy machine), which
+        # starved the event loop of a freshly (re)started service — health checks timed out
+        # and calls waited — as soon as the first document came in.
+        await asyncio.to_thread(load_model)
         self.pipeline().text.start()  # spawns the text worker processes now, not at a request
         self.tokens.start()
         self.reaper = Reaper(

@@ -145,6 +145,11 @@ def main() -> None:
         serve_liveness(settings.listen_host, settings.health_port, worker)
         log.info("worker liveness on %s:%d/livez", settings.listen_host, settings.health_port)
     load_model()  # once per worker process; work horses inherit it through fork
+    # Imported before the first fork: the module's at-fork hook then makes each work horse
+    # run its text steps on a thread. Imported first in a horse, it spawned worker processes
+    # there, which outlived the horse (RQ ends it with os._exit): two orphans per job.
+    import services.ingest.pipeline.text_workers  # noqa: F401
+
     log.info("ingest worker ready (queue %s)", settings.ingest_queue)
     worker.work(with_scheduler=False)
 

@@ -61,7 +61,7 @@ def test_make_run_serves_through_envoy_and_stops_cleanly(stack_env):
     gateway = f"127.0.0.1:{stack_env['GATEWAY_PORT']}"
     output: list[str] = []
     try:
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + 360  # ingest loads the model before it listens
         # "Web console: <url>" follows "ContextCache is running…".
         while not any(line.startswith("Web console:") for line in output):
             line = process.stdout.readline()

@@ -275,6 +275,56 @@ async def test_background_job_runs_in_a_worker_and_carries_the_trace(
         assert traceparent.split("-")[1] == format(server_span.context.trace_id, "032x")
 
 
+def session_of(pid: int) -> list[int]:
+    """The processes of the session `pid` leads (its work horses and what they started)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[3]) == pid:
+                found.append(int(stat.parent.name))
+    return found
+
+
+def command_of(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")[:120].decode()
+    except OSError:
+        return "(ended)"
+
+
+async def test_finished_jobs_leave_no_process_behind(
+    make_settings, postgres_url, redis_url, queue_name, tmp_path
+):
+    # A work horse runs its text steps on a thread: processes it started would outlive it
+    # (orphans of about 100 MB each, one set per job) once RQ ends it with os._exit.
+    async with running_stack(
+        make_settings, database_url=postgres_url, redis_url=redis_url, ingest_queue=queue_name
+    ) as stack:
+        project, token = await new_project(stack)
+        async with worker(stack, tmp_path) as running:
+            for n in range(2):
+                queued = (
+                    await stack.ingest.IngestDocument(
+                        text_request(project.id, f"{SPEECH} ({n})", background=True),
+                        metadata=token,
+                    )
+                ).document
+                seen = await watch_to_the_end(stack, project.id, queued.id, token, timeout=120)
+                assert seen[-1].status == ingest_pb2.DOCUMENT_STATUS_COMPLETED, seen[-1].error
+
+            def only_the_worker() -> bool:
+                return session_of(running.process.pid) == [running.process.pid]
+
+            with contextlib.suppress(AssertionError):
+                await eventually(only_the_worker, timeout=10, every=0.2)
+            left = sorted(set(session_of(running.process.pid)) - {running.process.pid})
+            commands = [command_of(pid) for pid in left]
+            for pid in left:  # ours to clean up, whatever the assertion says
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            assert left == [], commands
+
+
 async def test_killed_worker_is_replaced_and_the_document_completes_once(
     make_settings, postgres_url, redis_url, queue_name, tmp_path
 ):
