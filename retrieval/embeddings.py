@@ -368,9 +368,10 @@ class Embedder:
         """Word pieces of `text` without the special tokens."""
         return count_tokens(text)
 
-    def submit(self, texts: Sequence[str]) -> Future[np.ndarray]:
+    def submit(self, texts: Sequence[str], *, urgent: bool = False) -> Future[np.ndarray]:
         """Vectors of `texts` as `embed` gives them, computed by the embedding workers; the
-        future can be cancelled (texts no worker has taken are dropped)."""
+        future can be cancelled (texts no worker has taken are dropped). `urgent`: a caller
+        waits on them (see retrieval.batching)."""
         if isinstance(texts, str):
             raise TypeError("submit takes a sequence of texts, not a single string")
         if not texts:
@@ -378,7 +379,7 @@ class Embedder:
             done.set_result(np.zeros((0, DIMENSION), dtype=np.float32))
             return done
         workers = embedding_workers(self.runtime)
-        return workers.submit([_encodable(t) for t in texts], self.batch_size)
+        return workers.submit([_encodable(t) for t in texts], self.batch_size, urgent=urgent)
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Vectors of `texts` as an (n, 384) float32 array, one L2-normalized row per text."""

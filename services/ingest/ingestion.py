@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextvars
 import enum
 import hashlib
 import json
@@ -82,6 +83,10 @@ INLINE_RETRY_BACKOFF = (0.5, 1.0)  # a caller waits on an inline run
 RELEASE_BACKOFF = timedelta(seconds=15)
 # Heartbeat: a failed extension is retried this often until the lease would have lapsed.
 HEARTBEAT_RETRY = 0.5
+
+
+# Set in an inline run's task: a caller waits on it.
+_urgent: contextvars.ContextVar[bool] = contextvars.ContextVar("urgent", default=False)
 
 
 class LeaseLost(Exception):
@@ -199,6 +204,8 @@ class IngestionPipeline:
         document as stored already claimed (an inline ingestion inserts it so), else it is
         claimed here. `inline`: a caller waits, so transient failures are retried briefly.
         """
+        if inline:  # its embeddings go before background documents' (retrieval.batching)
+            _urgent.set(True)
         result = await self._process(document_id, token, payload, claimed, inline)
         metrics.INGEST_JOBS.labels(result.outcome.value).inc()
         return result
@@ -473,7 +480,8 @@ class IngestionPipeline:
                 while len(submitted) < EMBED_STEPS_AHEAD and number + len(submitted) < len(steps):
                     ahead = steps[number + len(submitted)]
                     texts_ahead = [texts[positions[0]] for _, positions in ahead]
-                    submitted.append(asyncio.wrap_future(self.embedder.submit(texts_ahead)))
+                    future = self.embedder.submit(texts_ahead, urgent=_urgent.get())
+                    submitted.append(asyncio.wrap_future(future))
                 embedded = await submitted.popleft()
                 metrics.CHUNKS_EMBEDDED.inc(len(step))
                 for (_, positions), vector in zip(step, embedded, strict=True):
