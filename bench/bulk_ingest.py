@@ -64,7 +64,7 @@ RUN_TIMEOUT = 3600.0
 
 def assemble(folder: Path, files: int, megabytes: float) -> list[Path]:
     """Writes the corpus into `folder` as .txt files; returns their paths."""
-    written, total = [], 0
+    written, total, seen = [], 0, set()
     for source in sorted(DOCS.glob("*/changelog*.gz")):
         try:
             text = gzip.decompress(source.read_bytes()).decode("utf-8")
@@ -72,6 +72,11 @@ def assemble(folder: Path, files: int, megabytes: float) -> list[Path]:
             continue
         if not 30_000 <= len(text.encode()) <= 70_000:
             continue
+        # Packages built from one source share a changelog: a duplicate would be refused.
+        digest = prepare_text(text, source.name).content_hash
+        if digest in seen:
+            continue
+        seen.add(digest)
         target = folder / f"{source.parent.name}.{source.name.removesuffix('.gz')}.txt"
         target.write_text(text)
         written.append(target)
