@@ -98,7 +98,7 @@ def main() -> int:
     parser.add_argument("--chunks", type=int, default=96, help="full-window chunks per batch size")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds")
     args = parser.parse_args()
-    runtimes = {"torch": Embedder(pooled=False), "onnxruntime": OnnxEmbedder()}
+    runtimes = {"torch": Embedder(pooled=False, runtime="torch"), "onnxruntime": OnnxEmbedder()}
     for embedder in runtimes.values():
         embedder.embed(QUERIES)  # load and warm up
     check = runtimes["torch"].embed(QUERIES) * runtimes["onnxruntime"].embed(QUERIES)
@@ -128,7 +128,7 @@ def main() -> int:
         for _ in range(args.rounds):
             for name in runtimes:
                 embedder = (
-                    Embedder(batch_size=batch_size, pooled=False)
+                    Embedder(batch_size=batch_size, pooled=False, runtime="torch")
                     if name == "torch"
                     else OnnxEmbedder(batch_size=batch_size)
                 )

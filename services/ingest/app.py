@@ -1,8 +1,15 @@
-"""The ingest service as the runtime runs it (and as a worker job opens it)."""
+"""The ingest service as the runtime runs it (and as a worker job opens it).
+
+The embedding model loads at start in a thread of its own: the service answers (liveness
+SERVING) while it loads, readiness stays NOT_SERVING until it can embed, and the event loop
+never waits for the load (an ingestion that comes early waits for it off the loop).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from concurrent.futures import Future
 from datetime import timedelta
 
 import grpc
@@ -10,7 +17,7 @@ import grpc
 from contextcache.internal.v1 import crypto_pb2_grpc, query_pb2_grpc
 from contextcache.internal.v1 import ingest_pb2_grpc as ingest_internal_pb2_grpc
 from contextcache.v1 import ingest_pb2_grpc
-from retrieval.embeddings import Embedder, load_model
+from retrieval.embeddings import Embedder, start_loading
 from runtime.clients import grpc_dependency, open_channel
 from runtime.config import ServiceName, Settings
 from runtime.db import create_engine, database_dependency, database_url, upgrade_async
@@ -38,6 +45,8 @@ class IngestApp(ServiceApp):
         self.worker = worker
         self.url = database_url(settings, self.name)
         self._pipeline: IngestionPipeline | None = None
+        self._model_loading: Future[None] | None = None
+        self._model_loaded: asyncio.Task[None] | None = None
 
     @property
     def identity_name(self) -> str:
@@ -94,12 +103,9 @@ class IngestApp(ServiceApp):
         await self.engine.dispose()
 
     async def start(self) -> None:
+        self._model_loading = start_loading()
+        self._model_loaded = asyncio.create_task(self._ready_when_loaded(self._model_loading))
         await self.open()
-        # The embedding model now, before the server listens, not in the first ingestion:
-        # loading it holds the GIL for seconds (about a minute on a busy machine), which
-        # starved the event loop of a freshly (re)started service — health checks timed out
-        # and calls waited — as soon as the first document came in.
-        await asyncio.to_thread(load_model)
         self.pipeline().text.start()  # spawns the text worker processes now, not at a request
         self.tokens.start()
         self.reaper = Reaper(
@@ -111,7 +117,24 @@ class IngestApp(ServiceApp):
         self.gauges = IngestGauges(self.store, self.queue, self.settings.metrics_interval)
         self.gauges.start(run_first=True)
 
+    async def _ready_when_loaded(self, loading: Future[None]) -> None:
+        """Turns readiness SERVING as soon as the model is loaded, not at the next refresh."""
+        with contextlib.suppress(Exception):  # a failed load keeps readiness NOT_SERVING
+            await asyncio.wrap_future(loading)
+        if self.readiness.dependencies:  # the server has started publishing readiness
+            await self.readiness.refresh()
+
+    async def _model_ready(self) -> None:
+        """The readiness probe of the embedding model: fails until it is loaded (and for
+        good if the load failed)."""
+        loading = self._model_loading
+        if loading is None or not loading.done():
+            raise RuntimeError("the embedding model is loading")
+        loading.result()
+
     async def stop(self) -> None:
+        if self._model_loaded is not None:
+            self._model_loaded.cancel()
         await self.tokens.stop()
         await self.gauges.stop()
         await self.reaper.stop()
@@ -129,6 +152,7 @@ class IngestApp(ServiceApp):
         )
         return [
             database_dependency(self.engine),
+            Dependency("embedding-model", "model", self._model_ready),
             redis,
             grpc_dependency("crypto", self.channels["crypto"], CRYPTO_SERVICE, required=False),
             grpc_dependency("query", self.channels["query"], QUERY_SERVICE, required=False),

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextvars
 import enum
 import hashlib
 import json
@@ -59,6 +60,7 @@ from services.ingest.pipeline.errors import (
     UnreadableDocument,
     UnsupportedContent,
 )
+from services.ingest.pipeline.facts import Fact
 from services.ingest.pipeline.fetch import UrlFetcher
 from services.ingest.pipeline.prepare import Prepared, prepare, prepare_text  # noqa: F401
 from services.ingest.pipeline.text_workers import ChunkTerms, TextWorkers, text_workers
@@ -81,6 +83,10 @@ INLINE_RETRY_BACKOFF = (0.5, 1.0)  # a caller waits on an inline run
 RELEASE_BACKOFF = timedelta(seconds=15)
 # Heartbeat: a failed extension is retried this often until the lease would have lapsed.
 HEARTBEAT_RETRY = 0.5
+
+
+# Set in an inline run's task: a caller waits on it.
+_urgent: contextvars.ContextVar[bool] = contextvars.ContextVar("urgent", default=False)
 
 
 class LeaseLost(Exception):
@@ -198,6 +204,8 @@ class IngestionPipeline:
         document as stored already claimed (an inline ingestion inserts it so), else it is
         claimed here. `inline`: a caller waits, so transient failures are retried briefly.
         """
+        if inline:  # its embeddings go before background documents' (retrieval.batching)
+            _urgent.set(True)
         result = await self._process(document_id, token, payload, claimed, inline)
         metrics.INGEST_JOBS.labels(result.outcome.value).inc()
         return result
@@ -403,34 +411,10 @@ class IngestionPipeline:
             await cancel_and_wait(embedding)  # only if a step above failed
             if embedding.done() and not embedding.cancelled():
                 embedding.exception()  # retrieved: the step that failed first is reported
-        chunk_rows = [
-            ChunkRow(
-                id=chunk_id(project, doc, c.index),
-                project_id=project,
-                document_id=doc,
-                chunk_index=c.index,
-                text_ct=sealed[i],
-                text_hash=hashes[i],
-                start_offset=c.start,
-                end_offset=c.end,
-                embedding=embeddings[i].astype("<f4").tobytes(),
-                sparse_indices=np.asarray(sparse[i][0], dtype="<u4").tobytes(),
-                sparse_values=np.asarray(sparse[i][1], dtype="<f4").tobytes(),
-            )
-            for i, c in enumerate(chunks)
-        ]
-        fact_rows = [
-            FactRow(
-                project_id=project,
-                document_id=doc,
-                chunk_index=f.chunk_index,
-                fact_index=i,
-                start_offset=f.start,
-                end_offset=f.end,
-                statement_ct=sealed[len(chunks) + i],
-            )
-            for i, f in enumerate(facts)
-        ]
+        # Thousands of rows for a long document: built off the event loop.
+        chunk_rows, fact_rows = await asyncio.to_thread(
+            _rows, document, chunks, facts, sealed, hashes, embeddings, sparse
+        )
         run = document.attempts
         refreshed = await self.store.store_chunks(doc, run, chunk_rows, fact_rows, replace=replace)
         if refreshed is None:
@@ -496,7 +480,8 @@ class IngestionPipeline:
                 while len(submitted) < EMBED_STEPS_AHEAD and number + len(submitted) < len(steps):
                     ahead = steps[number + len(submitted)]
                     texts_ahead = [texts[positions[0]] for _, positions in ahead]
-                    submitted.append(asyncio.wrap_future(self.embedder.submit(texts_ahead)))
+                    future = self.embedder.submit(texts_ahead, urgent=_urgent.get())
+                    submitted.append(asyncio.wrap_future(future))
                 embedded = await submitted.popleft()
                 metrics.CHUNKS_EMBEDDED.inc(len(step))
                 for (_, positions), vector in zip(step, embedded, strict=True):
@@ -638,33 +623,83 @@ async def index_chunks(
     sent = 0
     for start in range(0, len(rows), INDEX_BATCH):
         batch = rows[start : start + INDEX_BATCH]
-        request = query_pb2.IndexChunksRequest(
-            project_id=document.project_id,
-            chunks=[
-                query_pb2.IndexedChunk(
-                    chunk_id=row.id,
-                    document_id=row.document_id,
-                    chunk_index=row.chunk_index,
-                    dense=np.frombuffer(row.embedding, dtype="<f4").tolist(),
-                    sparse=query_pb2.SparseVector(
-                        indices=np.frombuffer(row.sparse_indices, dtype="<u4").tolist(),
-                        values=np.frombuffer(row.sparse_values, dtype="<f4").tolist(),
-                    ),
-                    encrypted_text=row.text_ct,
-                    encrypted_title=document.title_ct or b"",
-                    encrypted_source=document.source_ct or b"",
-                    source_type=document.source_type,
-                    start_offset=row.start_offset,
-                    end_offset=row.end_offset,
-                    document_created_at=created,
-                )
-                for row in batch
-            ],
-        )
+        # Hundreds of vectors turned into lists: off the event loop.
+        request = await asyncio.to_thread(_index_request, document, batch, created)
         async with calling("query", "IndexChunks"):
             await query.IndexChunks(request, metadata=((TOKEN_METADATA_KEY, token),), timeout=120)
         sent += len(batch)
     return sent
+
+
+def _index_request(
+    document: DocumentRow, batch: Sequence[ChunkRow], created: timestamp_pb2.Timestamp
+) -> query_pb2.IndexChunksRequest:
+    return query_pb2.IndexChunksRequest(
+        project_id=document.project_id,
+        chunks=[
+            query_pb2.IndexedChunk(
+                chunk_id=row.id,
+                document_id=row.document_id,
+                chunk_index=row.chunk_index,
+                dense=np.frombuffer(row.embedding, dtype="<f4").tolist(),
+                sparse=query_pb2.SparseVector(
+                    indices=np.frombuffer(row.sparse_indices, dtype="<u4").tolist(),
+                    values=np.frombuffer(row.sparse_values, dtype="<f4").tolist(),
+                ),
+                encrypted_text=row.text_ct,
+                encrypted_title=document.title_ct or b"",
+                encrypted_source=document.source_ct or b"",
+                source_type=document.source_type,
+                start_offset=row.start_offset,
+                end_offset=row.end_offset,
+                document_created_at=created,
+            )
+            for row in batch
+        ],
+    )
+
+
+def _rows(
+    document: DocumentRow,
+    chunks: Sequence[Chunk],
+    facts: Sequence[Fact],
+    sealed: Sequence[bytes],
+    hashes: Sequence[str],
+    embeddings: np.ndarray,
+    sparse: Sequence[tuple[np.ndarray, np.ndarray]],
+) -> tuple[list[ChunkRow], list[FactRow]]:
+    """The document's chunk and fact rows (`sealed`: the chunks' ciphertexts, then the
+    facts')."""
+    project, doc = document.project_id, document.id
+    chunk_rows = [
+        ChunkRow(
+            id=chunk_id(project, doc, c.index),
+            project_id=project,
+            document_id=doc,
+            chunk_index=c.index,
+            text_ct=sealed[i],
+            text_hash=hashes[i],
+            start_offset=c.start,
+            end_offset=c.end,
+            embedding=embeddings[i].astype("<f4").tobytes(),
+            sparse_indices=np.asarray(sparse[i][0], dtype="<u4").tobytes(),
+            sparse_values=np.asarray(sparse[i][1], dtype="<f4").tobytes(),
+        )
+        for i, c in enumerate(chunks)
+    ]
+    fact_rows = [
+        FactRow(
+            project_id=project,
+            document_id=doc,
+            chunk_index=f.chunk_index,
+            fact_index=i,
+            start_offset=f.start,
+            end_offset=f.end,
+            statement_ct=sealed[len(chunks) + i],
+        )
+        for i, f in enumerate(facts)
+    ]
+    return chunk_rows, fact_rows
 
 
 def _sha256(text: str) -> str:

@@ -14,6 +14,7 @@ use the ORM session.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -21,7 +22,8 @@ from datetime import datetime, timedelta
 from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.sql.dml import Insert
 
 from runtime.db import as_utc, utcnow
 from runtime.errors import AlreadyExists, NotFound
@@ -47,6 +49,9 @@ CHUNKS = ChunkRow.__table__
 FACTS = FactRow.__table__
 UPLOADS = UploadRow.__table__
 PURGED = PurgedProjectRow.__table__
+
+# Rows per INSERT statement when a document's chunks and facts are stored.
+INSERT_BATCH = 200
 
 # The hot statements, built once (bind parameter names must differ from column names).
 _IS_PURGED = select(PURGED.c.project_id).where(PURGED.c.project_id == bindparam("p_project"))
@@ -323,10 +328,8 @@ class DocumentStore:
             if replace or document.attempts > 1:  # an earlier pass may have stored some
                 await connection.execute(_DELETE_FACTS, {"p_id": document_id})
                 await connection.execute(_DELETE_CHUNKS, {"p_id": document_id})
-            if chunks:
-                await connection.execute(_INSERT_CHUNKS, _values(chunks, CHUNK_COLUMNS))
-            if facts:
-                await connection.execute(_INSERT_FACTS, _values(facts, FACT_COLUMNS))
+            await _insert_in_batches(connection, _INSERT_CHUNKS, chunks, CHUNK_COLUMNS)
+            await _insert_in_batches(connection, _INSERT_FACTS, facts, FACT_COLUMNS)
         return document
 
     async def complete(
@@ -615,6 +618,22 @@ def _progress(document_id: str, run: int, embedded: int, total: int) -> dict[str
 
 def _values(rows: Sequence[ChunkRow] | Sequence[FactRow], columns: list[str]) -> list[dict]:
     return [{column: getattr(row, column) for column in columns} for row in rows]
+
+
+async def _insert_in_batches(
+    connection: AsyncConnection,
+    statement: Insert,
+    rows: Sequence[ChunkRow] | Sequence[FactRow],
+    columns: list[str],
+) -> None:
+    """Inserts `rows` INSERT_BATCH at a time, yielding to the event loop between batches: the
+    statement's parameters are processed on the loop's thread, and a long document's
+    thousands of rows in one statement held every other call of the service (health checks
+    included) for seconds."""
+    for start in range(0, len(rows), INSERT_BATCH):
+        if start:
+            await asyncio.sleep(0)
+        await connection.execute(statement, _values(rows[start : start + INSERT_BATCH], columns))
 
 
 def _time(value: object) -> datetime | None:

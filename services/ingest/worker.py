@@ -1,19 +1,22 @@
 """`python -m services.ingest.worker`: the RQ worker that runs background ingestion jobs.
 
-The embedding model is loaded once, in the worker process, before RQ forks a work horse per
-job (the fork shares it); each job creates its own event loop, database engine and gRPC
-channels after the fork, and closes them when it ends. Trace context comes with the job.
-A job carries the document's grant, which crypto redeems for the job token only for the
-worker's certificate; the token lives in memory for the job's run.
+The worker does not fork per job (RQ's SimpleWorker): its jobs run on one long-lived event
+loop with the app and the embedding model loaded once, the model embedding on one thread per
+CPU the process may run on (services/ingest/job_runner.py). Run one worker per core or per
+pod; each uses the cores it is given. Trace context comes with the job. A job carries the
+document's grant, which crypto redeems for the job token only for the worker's certificate;
+the token lives in memory for the job's run. Run by another RQ worker (a forking one, say),
+a job opens its own loop, engine and channels and closes them when it ends.
 
 With HEALTH_PORT set, the worker answers the kubelet's liveness probe (`GET /livez`, plain
 HTTP: no gRPC in the process RQ forks from) with 200 while RQ's loop keeps heartbeating and
 503 once it has been silent for two worker TTLs (a wedged worker is restarted).
 
-Metrics (runtime/metrics.py): the work horses count in prometheus_client's multiprocess
-mode, in files under DATA_DIR/metrics/worker-<port>; the worker serves their sum on
-METRICS_PORT (default 9106). The files of finished horses are folded into one archive before
-each scrape; the directory is emptied when the worker starts.
+Metrics (runtime/metrics.py): the worker counts in prometheus_client's multiprocess mode,
+in files under DATA_DIR/metrics/worker-<port> (so work horses of a forking worker class add
+to them too); the worker serves their sum on METRICS_PORT (default 9106). The files of
+finished processes are folded into one archive before each scrape; the directory is emptied
+when the worker starts.
 """
 
 from __future__ import annotations
@@ -34,10 +37,16 @@ from opentelemetry import propagate, trace
 from runtime.config import load_settings
 from runtime.logs import configure_logging
 from runtime.telemetry import configure_sentry, configure_tracing
+from services.ingest.job_runner import JobRunner
 
 log = logging.getLogger(__name__)
 # RQ heartbeats at least once per (TTL - 15 s) while idle, and while it supervises a job.
 WORKER_TTL = 60
+
+
+# This process's job runner and RQ worker (set by main; None when another worker runs jobs).
+_runner: JobRunner | None = None
+_worker: Any = None
 
 
 def process_document(document_id: str, job_grant: str) -> str:
@@ -46,6 +55,14 @@ def process_document(document_id: str, job_grant: str) -> str:
 
     job = get_current_job()
     carrier = (job.meta or {}).get("trace", {}) if job else {}
+    if _runner is not None:
+        worker = _worker
+
+        def heartbeat() -> None:
+            if worker is not None and job is not None:
+                worker.maintain_heartbeats(job)
+
+        return _runner.run(document_id, job_grant, carrier, heartbeat)
     token = otel_context.attach(propagate.extract(carrier))
     try:
         tracer = trace.get_tracer("contextcache.ingest.worker")
@@ -127,9 +144,9 @@ def main() -> None:
         count_in_files(Path(settings.data_dir) / "metrics" / f"worker-{metrics_port}")
 
     from redis import Redis
-    from rq import Queue, Worker
+    from rq import Queue, SimpleWorker
 
-    from retrieval.embeddings import load_model
+    from retrieval.embeddings import start_loading
     from runtime import metrics
 
     configure_tracing(settings, "worker")
@@ -140,18 +157,22 @@ def main() -> None:
         metrics.serve_multiprocess(metrics_port, settings.listen_host)
     connection = Redis.from_url(settings.redis_url)
     queue = Queue(settings.ingest_queue, connection=connection)
-    worker = Worker([queue], connection=connection, worker_ttl=WORKER_TTL)
+    worker = SimpleWorker([queue], connection=connection, worker_ttl=WORKER_TTL)
     if settings.health_port is not None:
         serve_liveness(settings.listen_host, settings.health_port, worker)
         log.info("worker liveness on %s:%d/livez", settings.listen_host, settings.health_port)
-    load_model()  # once per worker process; work horses inherit it through fork
-    # Imported before the first fork: the module's at-fork hook then makes each work horse
-    # run its text steps on a thread. Imported first in a horse, it spawned worker processes
-    # there, which outlived the horse (RQ ends it with os._exit): two orphans per job.
-    import services.ingest.pipeline.text_workers  # noqa: F401
-
+    global _runner, _worker
+    loading = start_loading()  # once per worker process, beside opening the app
+    runner = JobRunner(settings)
+    runner.start()
+    loading.result()  # registered with RQ only once it can embed
+    _runner, _worker = runner, worker
     log.info("ingest worker ready (queue %s)", settings.ingest_queue)
-    worker.work(with_scheduler=False)
+    try:
+        worker.work(with_scheduler=False)
+    finally:
+        _runner = None
+        runner.stop()
 
 
 if __name__ == "__main__":

@@ -150,3 +150,19 @@ def test_a_wrong_number_of_vectors_fails_its_callers_and_the_worker_keeps_servin
     with pytest.raises(ValueError, match="1 vectors for 2 texts"):
         workers.submit(texts("a", 2), batch_size=8).result(10)
     assert workers.submit(texts("b", 3), batch_size=8).result(10).shape == (3, 2)
+
+
+def test_urgent_texts_go_before_every_waiting_bulk_text():
+    """An inline ingestion's texts (urgent) are taken next, ahead of background texts that
+    were waiting before them; the bulk then goes on in its order."""
+    model = RecordingModel()
+    workers = EmbeddingWorkers(model, 1)
+    first = workers.submit(texts("a", 1), batch_size=8)
+    model.wait_started()
+    bulk = workers.submit(texts("b", 16), batch_size=8)
+    urgent = workers.submit(texts("u", 3), batch_size=8, urgent=True)
+    model.hold.set()
+    assert numbers(urgent.result(10)) == [0, 1, 2]
+    assert numbers(bulk.result(10)) == list(range(16))
+    assert numbers(first.result(10)) == [0]
+    assert [b[0].split("-")[0] for b in model.batches] == ["a", "u", "b", "b"]

@@ -186,7 +186,7 @@ def test_queries_embed_in_the_calling_thread_and_ingestion_on_one_worker_per_cpu
         from retrieval.embeddings import Embedder, _cpu_count
         texts = [f"Text {i}: " + "word " * (i * 5 % 40) for i in range(12)]
         query = Embedder(pooled=False).embed(texts)
-        none_yet = embeddings._workers is None
+        none_yet = not embeddings._workers
         pooled = Embedder(batch_size=4).embed(texts)
         workers = [t for t in threading.enumerate() if t.name.startswith("embedding-")]
         print(none_yet, len(workers), _cpu_count(), float(abs(query - pooled).max()))

@@ -1,7 +1,8 @@
-"""The query embedder in ONNX Runtime gives the vectors of the torch model (same weights).
+"""ONNX Runtime gives the vectors of the torch model (same weights), on the query path and on
+ingestion's (the pooled embedding workers).
 
 The ONNX graph is the one `make install` exports (tools/export_onnx.py) into the virtualenv;
-the query service embeds every query with it.
+the query service embeds every query with it and ingestion every chunk.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from retrieval.embeddings import Embedder, count_tokens
+from retrieval.embeddings import ONNXRUNTIME, Embedder, bulk_runtime, count_tokens
 from retrieval.onnx_embeddings import OnnxEmbedder, onnx_model_path, query_embedder
 
 pytestmark = pytest.mark.slow
@@ -30,7 +31,7 @@ MIN_COSINE = 0.9999
 
 @pytest.fixture(scope="module")
 def torch_vectors() -> np.ndarray:
-    return Embedder(pooled=False).embed(TEXTS)
+    return Embedder(pooled=False, runtime="torch").embed(TEXTS)
 
 
 def test_the_export_is_installed() -> None:
@@ -50,6 +51,22 @@ def test_vectors_equal_torch_vectors(torch_vectors: np.ndarray, batch_size: int)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     cosines = (vectors * torch_vectors).sum(axis=1)
     assert cosines.min() >= MIN_COSINE, dict(zip(TEXTS, cosines.tolist(), strict=True))
+
+
+def test_ingestion_embeds_in_onnx_runtime_with_torch_vectors(torch_vectors: np.ndarray) -> None:
+    """The pipeline's embedder (pooled, default runtime) runs ONNX Runtime when the export is
+    installed, and its vectors are torch's: a mix of lengths, spread over the workers."""
+    assert bulk_runtime() == ONNXRUNTIME
+    embedder = Embedder()
+    assert embedder.pooled and embedder.runtime == ONNXRUNTIME
+    texts = TEXTS * 3  # more texts than one batch: several workers, several batches
+    vectors = embedder.embed(texts)
+    assert vectors.shape == (len(texts), 384)
+    assert vectors.dtype == np.float32
+    cosines = (vectors * np.tile(torch_vectors, (3, 1))).sum(axis=1)
+    assert cosines.min() >= MIN_COSINE, dict(zip(texts, cosines.tolist(), strict=True))
+    submitted = embedder.submit(TEXTS[:4]).result(timeout=60)
+    assert ((submitted * torch_vectors[:4]).sum(axis=1)).min() >= MIN_COSINE
 
 
 def test_rankings_equal_torch_rankings(torch_vectors: np.ndarray) -> None:
