@@ -149,6 +149,11 @@ class Settings(BaseSettings):
     ingest_reaper_interval: float = Field(default=10.0, gt=0, le=3600)
     # The RQ queue background ingestion jobs go to (with REDIS_URL).
     ingest_queue: str = Field(default="contextcache-ingest", min_length=1, max_length=100)
+    # Without REDIS_URL, background documents run in the ingest process, this many at once;
+    # the rest wait their turn (their lease kept). Two keep the embedding workers busy, and
+    # a bulk of uploads then cannot crowd out the calls each document makes to crypto and
+    # query until they pass their deadlines.
+    ingest_background_jobs: int = Field(default=2, ge=1, le=64)
 
     # Query: weights of the dense and keyword rankings in hybrid fusion (see
     # services.query.index.fusion.HYBRID_FUSION).

@@ -81,7 +81,12 @@ class IngestApp(ServiceApp):
                 interval=self.settings.audit_relay_interval,
             )
         )
-        self.queue = JobQueue(self.pipeline, self.settings.redis_url, self.settings.ingest_queue)
+        self.queue = JobQueue(
+            self.pipeline,
+            self.settings.redis_url,
+            self.settings.ingest_queue,
+            in_process=self.settings.ingest_background_jobs,
+        )
 
     def pipeline(self) -> IngestionPipeline:
         if self._pipeline is None:

@@ -34,12 +34,17 @@ class JobQueue:
         pipeline: Callable[[], IngestionPipeline],
         redis_url: str | None,
         queue_name: str,
+        in_process: int = 2,
     ) -> None:
         self._pipeline = pipeline
         self.redis_url = redis_url
         self.queue_name = queue_name
         self._queue: Any = None
-        self._tasks: set[asyncio.Task[Result]] = set()
+        self._tasks: set[asyncio.Task[Result | None]] = set()
+        # Without Redis: at most `in_process` jobs run at once; the others wait here, and
+        # `waiting` tells the reaper so (a backlog, not a lost job).
+        self._slots = asyncio.Semaphore(in_process)
+        self._queued: set[tuple[str, int]] = set()
 
     @property
     def uses_redis(self) -> bool:
@@ -65,7 +70,7 @@ class JobQueue:
         The job carries the document's grant, never its token (see services/crypto/tokens.py).
         """
         if not self.uses_redis:
-            task = asyncio.create_task(self._pipeline().process_granted(document_id, job_grant))
+            task = asyncio.create_task(self._run_in_process(document_id, job_grant, attempt))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
             return
@@ -89,12 +94,24 @@ class JobQueue:
                 "Try again shortly, or ingest without background."
             ) from error
 
-    async def waiting(self, document_id: str, attempt: int) -> bool:
-        """Whether the document's job still waits in RQ for a worker (not lost).
+    async def _run_in_process(
+        self, document_id: str, job_grant: str, attempt: int
+    ) -> Result | None:
+        self._queued.add((document_id, attempt))
+        try:
+            async with self._slots:
+                self._queued.discard((document_id, attempt))
+                return await self._pipeline().process_granted(document_id, job_grant)
+        finally:
+            self._queued.discard((document_id, attempt))
 
-        False without Redis, when the job is gone, has ended, or Redis cannot be asked."""
+    async def waiting(self, document_id: str, attempt: int) -> bool:
+        """Whether the document's job still waits for its turn (not lost): in RQ for a
+        worker, or without Redis for one of this process's slots.
+
+        False when the job is gone, has ended, or Redis cannot be asked."""
         if not self.uses_redis:
-            return False
+            return (document_id, attempt) in self._queued
         from rq.exceptions import NoSuchJobError
         from rq.job import Job, JobStatus
 

@@ -29,15 +29,17 @@ import threading
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 
 from runtime.config import load_settings
 from runtime.logs import configure_logging
-from runtime.telemetry import configure_sentry, configure_tracing
-from services.ingest.job_runner import JobRunner
+
+# Imported in main, after the metrics mode is set: each of these imports runtime.metrics.
+if TYPE_CHECKING:
+    from services.ingest.job_runner import JobRunner
 
 log = logging.getLogger(__name__)
 # RQ heartbeats at least once per (TTL - 15 s) while idle, and while it supervises a job.
@@ -148,6 +150,8 @@ def main() -> None:
 
     from retrieval.embeddings import start_loading
     from runtime import metrics
+    from runtime.telemetry import configure_sentry, configure_tracing
+    from services.ingest.job_runner import JobRunner
 
     configure_tracing(settings, "worker")
     configure_sentry(settings, "worker")

@@ -292,17 +292,20 @@ def command_of(pid: int) -> str:
         return "(ended)"
 
 
-async def test_finished_jobs_leave_no_process_behind(
+async def test_jobs_share_the_workers_processes_and_a_stopped_worker_leaves_none(
     make_settings, postgres_url, redis_url, queue_name, tmp_path
 ):
-    # A work horse runs its text steps on a thread: processes it started would outlive it
-    # (orphans of about 100 MB each, one set per job) once RQ ends it with os._exit.
+    # The worker does not fork per job: its text worker processes start once and serve
+    # every job (a forking worker left a set of orphans of about 100 MB per job), and none
+    # outlives the worker once it stops.
     async with running_stack(
         make_settings, database_url=postgres_url, redis_url=redis_url, ingest_queue=queue_name
     ) as stack:
         project, token = await new_project(stack)
         async with worker(stack, tmp_path) as running:
-            for n in range(2):
+            pid = running.process.pid
+            sessions = []
+            for n in range(3):
                 queued = (
                     await stack.ingest.IngestDocument(
                         text_request(project.id, f"{SPEECH} ({n})", background=True),
@@ -311,17 +314,20 @@ async def test_finished_jobs_leave_no_process_behind(
                 ).document
                 seen = await watch_to_the_end(stack, project.id, queued.id, token, timeout=120)
                 assert seen[-1].status == ingest_pb2.DOCUMENT_STATUS_COMPLETED, seen[-1].error
+                sessions.append(sorted(session_of(pid)))
+            assert sessions[0] == sessions[1] == sessions[2], [
+                [command_of(p) for p in session] for session in sessions
+            ]
 
-            def only_the_worker() -> bool:
-                return session_of(running.process.pid) == [running.process.pid]
-
+            running.process.send_signal(signal.SIGTERM)  # RQ's warm shutdown, as a pod stops
+            running.process.wait(timeout=60)
             with contextlib.suppress(AssertionError):
-                await eventually(only_the_worker, timeout=10, every=0.2)
-            left = sorted(set(session_of(running.process.pid)) - {running.process.pid})
-            commands = [command_of(pid) for pid in left]
-            for pid in left:  # ours to clean up, whatever the assertion says
+                await eventually(lambda: session_of(pid) == [], timeout=15, every=0.2)
+            left = session_of(pid)
+            commands = [command_of(p) for p in left]
+            for orphan in left:  # ours to clean up, whatever the assertion says
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+                    os.kill(orphan, signal.SIGKILL)
             assert left == [], commands
 
 
@@ -455,6 +461,43 @@ async def test_a_job_waiting_for_a_worker_is_not_queued_twice(
             seen = await watch_to_the_end(stack, project.id, queued.id, token, timeout=120)
         assert seen[-1].status == ingest_pb2.DOCUMENT_STATUS_COMPLETED, seen[-1].error
         assert seen[-1].attempts == 1
+
+
+async def test_in_process_jobs_run_a_few_at_a_time_and_the_rest_wait_their_turn(make_settings):
+    """Without Redis, background documents run INGEST_BACKGROUND_JOBS at once. The others
+    wait for a slot with their lease kept, leases far shorter than the wait: the reaper
+    sees a backlog, not lost jobs, so each document runs once."""
+    async with running_stack(
+        make_settings,
+        ingest_background_jobs=1,
+        ingest_lease_seconds=1,
+        ingest_reaper_interval=0.2,
+    ) as stack:
+        project, token = await new_project(stack)
+        sent = [
+            (
+                await stack.ingest.IngestDocument(
+                    text_request(project.id, f"{large_text(400)} Copy {n}.", background=True),
+                    metadata=token,
+                )
+            ).document.id
+            for n in range(4)
+        ]
+        most_at_once = 0
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            documents = await documents_of(stack, project.id, token)
+            statuses = [d.status for d in documents]
+            most_at_once = max(most_at_once, statuses.count(ingest_pb2.DOCUMENT_STATUS_PROCESSING))
+            if all(s == ingest_pb2.DOCUMENT_STATUS_COMPLETED for s in statuses):
+                break
+            assert ingest_pb2.DOCUMENT_STATUS_FAILED not in statuses, [d.error for d in documents]
+            await asyncio.sleep(0.05)
+        assert sorted(d.id for d in documents) == sorted(sent)
+        assert all(d.status == ingest_pb2.DOCUMENT_STATUS_COMPLETED for d in documents)
+        assert most_at_once == 1
+        assert [d.attempts for d in documents] == [1, 1, 1, 1]
+        assert [d.transient_failures for d in documents] == [0, 0, 0, 0]
 
 
 @contextlib.contextmanager
