@@ -11,7 +11,7 @@ import pytest
 
 from runtime.errors import bad_request_of
 
-from .support import PASSPHRASE
+from .support import PASSPHRASE, with_damaged_signing_key
 from .support import crypto_messages as crypto_pb2
 
 DIGEST = hashlib.sha256(b"the bytes of a bundle before its signature").digest()
@@ -52,11 +52,7 @@ def test_a_signature_not_of_the_keyrings_key_names_signature(stub, new_project):
 
 def test_a_damaged_keyring_in_the_bundle_names_keyring(stub, new_project):
     project = new_project()
-    damaged = crypto_pb2.Keyring()
-    damaged.CopyFrom(project.keyring)
-    damaged.wrapped_signing_key = damaged.wrapped_signing_key[:-1] + bytes(
-        [damaged.wrapped_signing_key[-1] ^ 1]
-    )
+    damaged = with_damaged_signing_key(project.keyring)
     code, message, fields = _refusal(stub, [_start(project, keyring=damaged)])
     assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["keyring"])
     assert "damaged" in message and "Nothing was imported" in message
