@@ -88,7 +88,7 @@ def import_project(
     """Import a project from a bundle file into this deployment (same project id).
 
     The passphrase must open the bundle's keyring, whose signing key must verify every byte
-    of the file; otherwise nothing is imported (exit 7 wrong passphrase, 1 altered or cut
+    of the file; otherwise nothing is imported (exit 7 wrong passphrase, 3 altered or cut
     file, 5 the project exists here).
     """
     session = session_of(ctx)

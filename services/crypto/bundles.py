@@ -7,7 +7,9 @@ carried beside the signature, so a bundle re-signed by anyone else does not veri
 
 The chain is imported verbatim (same seqs, hashes, signatures) after replaying it under that
 key from seq 1, in one transaction with the keyring's registration: a chain that breaks
-anywhere leaves nothing behind. Never logs or returns a passphrase or a key.
+anywhere leaves nothing behind. A bundle is the importer's input, so one that does not verify
+or replay is INVALID_ARGUMENT naming the part of ImportProjectKeys that carried it, never
+DATA_LOSS (kept for data this deployment holds). Never logs or returns a passphrase or a key.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from contextcache.v1 import crypto_pb2
-from runtime.errors import AlreadyExists, DataLoss, FailedPrecondition
+from runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from services.crypto import canonical
 from services.crypto.audit import GENESIS_HASH, event_hash
 from services.crypto.models import audit_chains, audit_events, keyrings
@@ -43,15 +45,16 @@ def sign_bundle(signing_seed: bytes, project_id: str, digest: bytes) -> bytes:
 
 
 def verify_bundle(public_key: bytes, project_id: str, digest: bytes, signature: bytes) -> None:
-    """Raises DATA_LOSS unless `signature` is the project's over `digest`."""
+    """Raises INVALID_ARGUMENT (`signature`) unless it is the project's over `digest`."""
     try:
         Ed25519PublicKey.from_public_bytes(public_key).verify(
             signature, bundle_message(project_id, digest)
         )
     except InvalidSignature:
-        raise DataLoss(
+        raise InvalidArgument.for_field(
+            "signature",
             "The bundle does not verify under the signing key of the keyring this passphrase "
-            "opens: it was altered, or signed by another key. Nothing was imported"
+            "opens: it was altered, or signed by another key. Nothing was imported",
         ) from None
 
 
@@ -65,11 +68,15 @@ class ChainReplay:
         self.head_hash = GENESIS_HASH
 
     def check(self, event: crypto_pb2.AuditEvent) -> dict[str, object]:
-        """The event as an audit_events row; DATA_LOSS naming the seq if it does not fit."""
+        """The event as an audit_events row; INVALID_ARGUMENT naming the seq if it does not
+        fit."""
         seq = self.count + 1
 
-        def broken(why: str) -> DataLoss:
-            return DataLoss(f"The bundle's audit chain breaks at event {seq}: {why}")
+        def broken(why: str) -> InvalidArgument:
+            return InvalidArgument.for_field(
+                "events",
+                f"The bundle's audit chain breaks at event {seq}: {why}. Nothing was imported",
+            )
 
         if event.project_id != self.project_id:
             raise broken("it belongs to another project")
@@ -146,7 +153,9 @@ async def _import_chain(
             if rows and known is None:
                 await connection.execute(insert(audit_events), rows)
         if replay.count == 0:
-            raise DataLoss("The bundle holds no audit chain")
+            raise InvalidArgument.for_field(
+                "events", "The bundle holds no audit chain. Nothing was imported"
+            )
         if known is not None:
             same = (
                 hmac.compare_digest(known[0], public_key)

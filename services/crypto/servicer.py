@@ -141,7 +141,9 @@ class CryptoServicer(crypto_pb2_grpc.CryptoServiceServicer):
                 len(request.ciphertext),
             )
         except AeadError as error:
-            raise DataLoss(str(error)) from None
+            # The caller's own ciphertext, key and associated data: bad input, not data
+            # this service lost (DATA_LOSS is for what it holds, as in DecryptBatch).
+            raise InvalidArgument.for_field("ciphertext", str(error)) from None
         return crypto_pb2.DecryptResponse(plaintext=plaintext)
 
     async def GenerateKeypair(self, request, context):
@@ -424,7 +426,12 @@ class CryptoInternalServicer(internal_pb2_grpc.CryptoInternalServiceServicer):
         keyring = start.keyring
         # The passphrase opens the keyring (and open_keyring checks that the keyring's
         # public key is its signing key's): that key, and no other, must verify the bundle.
-        await open_keyring(self.kdf, project_id, keyring, start.passphrase)
+        try:
+            await open_keyring(self.kdf, project_id, keyring, start.passphrase)
+        except DataLoss as error:  # the bundle's keyring, not one stored here
+            raise InvalidArgument.for_field(
+                "keyring", f"{error.message} (the bundle's). Nothing was imported"
+            ) from None
         verify_bundle(keyring.public_key, str(project_id), start.digest, start.signature)
 
         async def batches():  # type: ignore[no-untyped-def]

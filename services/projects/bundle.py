@@ -6,8 +6,9 @@
 The digest is SHA-256 over every byte before the signature frame. This module only frames
 and parses: it holds no key and checks no signature (crypto does, under the key the
 importer's passphrase unwraps). A reader refuses anything that is not exactly that shape —
-a cut file, bytes after the signature, an oversized or unparsable frame — with DATA_LOSS,
-before any of it is believed.
+a cut file, bytes after the signature, an oversized or unparsable frame — before any of it
+is believed, with INVALID_ARGUMENT naming ImportProjectRequest's `data`: the bundle is the
+caller's input, so its damage is never DATA_LOSS (kept for data this deployment holds).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import BinaryIO
 from google.protobuf.message import DecodeError
 
 from contextcache.internal.v1 import bundle_pb2
-from runtime.errors import DataLoss
+from runtime.errors import InvalidArgument
 
 MAGIC = b"CCBUNDLE"
 FORMAT_VERSION = 1
@@ -61,8 +62,10 @@ class BundleWriter:
         )
 
 
-def _broken(why: str) -> DataLoss:
-    return DataLoss(f"The bundle is damaged or incomplete: {why}. Nothing was imported")
+def _broken(why: str) -> InvalidArgument:
+    return InvalidArgument.for_field(
+        "data", f"The bundle is damaged or incomplete: {why}. Nothing was imported"
+    )
 
 
 @dataclass(frozen=True)

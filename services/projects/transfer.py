@@ -32,7 +32,7 @@ from contextcache.internal.v1 import crypto_pb2_grpc as crypto_internal_pb2_grpc
 from contextcache.v1 import projects_pb2
 from runtime.clients import calling
 from runtime.db import as_utc, utcnow
-from runtime.errors import DataLoss, InvalidArgument, Unavailable
+from runtime.errors import InvalidArgument, Unavailable
 from runtime.interceptors import validate
 from runtime.outbox import AuditRelay
 from runtime.tokens import TOKEN_METADATA_KEY
@@ -206,8 +206,13 @@ class ProjectImport:
                     events=crypto_internal_pb2.ExportAuditChainResponse(events=record.audit.events)
                 )
 
-        async with calling("crypto", "ImportProjectKeys"):
-            imported = await self.crypto.ImportProjectKeys(messages(), timeout=600)
+        try:
+            async with calling("crypto", "ImportProjectKeys"):
+                imported = await self.crypto.ImportProjectKeys(messages(), timeout=600)
+        except InvalidArgument as error:
+            # Everything crypto saw came out of the bundle (the passphrase was checked
+            # here), so its complaint is about the caller's `data`, not crypto's own fields.
+            raise InvalidArgument.for_field("data", error.message) from None
         if not imported.already_present:
             self._keys_head = imported.head_hash
         return imported
@@ -306,7 +311,11 @@ async def read_summary(reader: BundleReader) -> BundleSummary:
     try:
         uuid.UUID(header.project_id)
     except ValueError:
-        raise DataLoss("The bundle's header names no project id. Nothing was imported") from None
+        raise InvalidArgument.for_field(
+            "data", "The bundle's header names no project id. Nothing was imported"
+        ) from None
     if not header.HasField("keyring"):
-        raise DataLoss("The bundle's header holds no keyring. Nothing was imported")
+        raise InvalidArgument.for_field(
+            "data", "The bundle's header holds no keyring. Nothing was imported"
+        )
     return summary

@@ -59,8 +59,10 @@ def test_import_refuses_a_cut_file_and_a_wrong_passphrase(target, exported, tmp_
     cut = tmp_path / "cut.ccbundle"
     cut.write_bytes(exported["bundle"].read_bytes()[:-10])
     damaged = target.run("import", str(cut), "--passphrase-stdin", stdin=PASSPHRASE + "\n")
-    assert damaged.returncode == 1, damaged.stderr
-    assert "Data integrity error" in damaged.stderr
+    # The caller's file is bad input (exit 3, its bytes named), not a server fault.
+    assert damaged.returncode == 3, damaged.stderr
+    assert "Invalid input: data: The bundle is damaged" in damaged.stderr
+    assert "Nothing was imported" in damaged.stderr
     wrong = target.run(
         "import", str(exported["bundle"]), "--passphrase-stdin", stdin="not the right one\n"
     )

@@ -122,6 +122,16 @@ def settings_for(database_url: str, data_dir: Path, **overrides: object) -> Sett
     return Settings(**values)  # type: ignore[arg-type]
 
 
+def with_damaged_signing_key(keyring: internal_pb2.Keyring) -> internal_pb2.Keyring:
+    """A copy of `keyring` whose wrapped signing key has one bit flipped (its data key still
+    opens, so the passphrase is right and the keyring itself is damaged)."""
+    damaged = internal_pb2.Keyring()
+    damaged.CopyFrom(keyring)
+    wrapped = damaged.wrapped_signing_key
+    damaged.wrapped_signing_key = wrapped[:-1] + bytes([wrapped[-1] ^ 1])
+    return damaged
+
+
 def with_token(token: str) -> tuple[tuple[str, str], ...]:
     return (("x-unlock-token", token),)
 

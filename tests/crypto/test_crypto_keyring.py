@@ -15,7 +15,15 @@ from google.protobuf import duration_pb2
 from services.crypto.config import CryptoConfig
 from services.crypto.tokens import ProjectKeys, Scope, TokenAuthority
 
-from .support import CHEAP_KDF, PASSPHRASE, SEALING_KEY, RunningCrypto, code_of, settings_for
+from .support import (
+    CHEAP_KDF,
+    PASSPHRASE,
+    SEALING_KEY,
+    RunningCrypto,
+    code_of,
+    settings_for,
+    with_damaged_signing_key,
+)
 from .support import crypto_messages as crypto_pb2
 
 
@@ -107,11 +115,7 @@ def test_keyring_of_another_project_does_not_open(stub, new_project):
 
 def test_damaged_keyring_is_data_loss(stub, new_project):
     project = new_project()
-    damaged = crypto_pb2.Keyring()
-    damaged.CopyFrom(project.keyring)
-    damaged.wrapped_signing_key = damaged.wrapped_signing_key[:-1] + bytes(
-        [damaged.wrapped_signing_key[-1] ^ 1]
-    )
+    damaged = with_damaged_signing_key(project.keyring)
     code, message = code_of(lambda: open_keyring(stub, project.id, damaged, PASSPHRASE))
     assert code == grpc.StatusCode.DATA_LOSS
     assert "damaged" in message

@@ -9,12 +9,14 @@ plus known-answer vectors: RFC 8032 §7.1 tests 1–3 (Ed25519) and RFC 8439 §2
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 
 import grpc
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from runtime.errors import bad_request_of
 from services.crypto.aead import Aead, AuthenticationFailed
 
 from .support import code_of
@@ -150,26 +152,40 @@ def test_same_plaintext_gets_a_fresh_nonce_each_time(stub):
     assert len({c[1:13] for c in ciphertexts}) == 10
 
 
-def test_wrong_key_or_associated_data_is_data_loss(stub):
+def refusal_of(call: Callable[[], object]) -> tuple[grpc.StatusCode, str, list[str]]:
+    """The status code, message and BadRequest fields of a call expected to fail."""
+    with pytest.raises(grpc.RpcError) as raised:
+        call()
+    bad_request = bad_request_of(raised.value)
+    fields = [v.field for v in bad_request.field_violations] if bad_request else []
+    return raised.value.code(), raised.value.details(), fields
+
+
+# The caller's own ciphertext that does not open is bad input (as Cloud KMS answers it),
+# not DATA_LOSS: that code is for data the service holds (DecryptBatch of stored content).
+
+
+def test_wrong_key_or_associated_data_is_invalid_argument_naming_ciphertext(stub):
     key, other = bytes(32), bytes([1]) * 32
     ciphertext = encrypt(stub, key, b"secret text", b"doc-1")
-    code, message = code_of(lambda: decrypt(stub, other, ciphertext, b"doc-1"))
-    assert code == grpc.StatusCode.DATA_LOSS
+    code, message, fields = refusal_of(lambda: decrypt(stub, other, ciphertext, b"doc-1"))
+    assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["ciphertext"])
     assert "wrong key" in message
-    code, _ = code_of(lambda: decrypt(stub, key, ciphertext, b"doc-2"))
-    assert code == grpc.StatusCode.DATA_LOSS
+    code, _, fields = refusal_of(lambda: decrypt(stub, key, ciphertext, b"doc-2"))
+    assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["ciphertext"])
 
 
-def test_unknown_format_version_and_truncation_are_data_loss(stub):
+def test_unknown_format_version_and_truncation_are_invalid_argument(stub):
     key = bytes(32)
     ciphertext = encrypt(stub, key, b"text")
-    code, message = code_of(lambda: decrypt(stub, key, b"\x02" + ciphertext[1:]))
-    assert (code, message) == (
-        grpc.StatusCode.DATA_LOSS,
+    refused = refusal_of(lambda: decrypt(stub, key, b"\x02" + ciphertext[1:]))
+    assert refused == (
+        grpc.StatusCode.INVALID_ARGUMENT,
         "Ciphertext format version 2 is not supported",
+        ["ciphertext"],
     )
-    code, message = code_of(lambda: decrypt(stub, key, ciphertext[:20]))
-    assert (code, message) == (grpc.StatusCode.DATA_LOSS, "Ciphertext is truncated")
+    refused = refusal_of(lambda: decrypt(stub, key, ciphertext[:20]))
+    assert refused == (grpc.StatusCode.INVALID_ARGUMENT, "Ciphertext is truncated", ["ciphertext"])
 
 
 def test_short_keys_are_invalid_argument(stub):
@@ -267,7 +283,7 @@ def test_property_round_trip(stub, key, plaintext, ad):
     where=st.sampled_from(["nonce", "ciphertext", "ad"]),
     data=st.data(),
 )
-def test_property_any_bit_flip_is_data_loss(stub, plaintext, ad, where, data):
+def test_property_any_bit_flip_is_invalid_argument(stub, plaintext, ad, where, data):
     key = bytes(range(32))
     sealed = encrypt(stub, key, plaintext, ad)
     if where == "ad":
@@ -278,8 +294,8 @@ def test_property_any_bit_flip_is_data_loss(stub, plaintext, ad, where, data):
         low, high = (1, 13) if where == "nonce" else (13, len(sealed))
         bit = data.draw(st.integers(low * 8, high * 8 - 1))
         sealed = _flip(sealed, bit)
-    code, _ = code_of(lambda: decrypt(stub, key, sealed, ad))
-    assert code == grpc.StatusCode.DATA_LOSS
+    code, _, fields = refusal_of(lambda: decrypt(stub, key, sealed, ad))
+    assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["ciphertext"])
 
 
 def _flip(data: bytes, bit: int) -> bytes:

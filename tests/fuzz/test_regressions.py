@@ -1,5 +1,5 @@
-"""Requests the fuzzer found answered INTERNAL or UNKNOWN, each by name, sent as raw bytes
-over a real socket to the in-process services (mutual TLS, as the caller named).
+"""Requests the fuzzer found answered INTERNAL, UNKNOWN or DATA_LOSS, each by name, sent as
+raw bytes over a real socket to the in-process services (mutual TLS, as the caller named).
 
 Each row failed before its fix; the campaign (tests/fuzz/campaign.py) finds more.
 """
@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from runtime.errors import bad_request_of
 from tests.conftest import running_stack
 
 
@@ -21,6 +22,8 @@ class Named:
     expected: grpc.StatusCode
     caller: str = "operator"
     streaming: bool = False
+    # The field an INVALID_ARGUMENT must name; empty: the body itself does not parse.
+    field: str = ""
 
 
 PROJECTS = "/contextcache.v1.ProjectService/"
@@ -62,6 +65,14 @@ REQUESTS = [
         grpc.StatusCode.PERMISSION_DENIED,
         caller="operator",
     ),
+    # DATA_LOSS (HTTP 500 over JSON) before: the caller's own ciphertext is bad input.
+    Named(
+        "Decrypt of a ciphertext with an unknown format version",
+        CRYPTO + "Decrypt",
+        b"\x0a\x20" + bytes(32) + b"\x12\x1d\x02" + bytes(28),
+        INVALID,
+        field="ciphertext",
+    ),
 ]
 
 
@@ -73,7 +84,7 @@ SERVED_BY = {
 }
 
 
-async def answer(stack, named: Named) -> tuple[grpc.StatusCode, str]:  # type: ignore[no-untyped-def]
+async def answer(stack, named: Named) -> tuple[grpc.StatusCode, str, list[str]]:  # type: ignore[no-untyped-def]
     channel = stack.channel_as(SERVED_BY[named.method.split("/")[1]], named.caller)
     try:
         if named.streaming:
@@ -82,8 +93,10 @@ async def answer(stack, named: Named) -> tuple[grpc.StatusCode, str]:  # type: i
         else:
             await channel.unary_unary(named.method)(named.payload, timeout=10)
     except grpc.aio.AioRpcError as error:
-        return error.code(), error.details() or ""
-    return grpc.StatusCode.OK, ""
+        bad_request = bad_request_of(error)
+        fields = [v.field for v in bad_request.field_violations] if bad_request else []
+        return error.code(), error.details() or "", fields
+    return grpc.StatusCode.OK, "", []
 
 
 async def test_every_named_request_gets_its_code(make_settings) -> None:
@@ -91,8 +104,13 @@ async def test_every_named_request_gets_its_code(make_settings) -> None:
     wrong = {}
     async with running_stack(make_settings) as stack:
         for named in REQUESTS:
-            code, details = await answer(stack, named)
-            readable = named.expected != INVALID or "not a valid protobuf message" in details
+            code, details, fields = await answer(stack, named)
+            if named.expected != INVALID:
+                readable = True
+            elif named.field:
+                readable = fields == [named.field]
+            else:
+                readable = "not a valid protobuf message" in details
             if code != named.expected or not readable:
                 wrong[named.name] = f"{code.name}: {details}"
     assert not wrong, wrong

@@ -325,7 +325,8 @@ def test_export_streams_a_bundle_and_import_takes_one_as_a_json_array(api, proje
         return base64.b64encode(data).decode()
 
     # A client stream over JSON is an array of messages. The bundle is whole and this
-    # deployment holds its project: ALREADY_EXISTS, HTTP 409; cut short, DATA_LOSS.
+    # deployment holds its project: ALREADY_EXISTS, HTTP 409; cut short, the caller's bad
+    # input: INVALID_ARGUMENT naming `data`, HTTP 400 (DATA_LOSS would be a 500).
     again = api.call(
         "ProjectService/ImportProject",
         "POST",
@@ -340,7 +341,9 @@ def test_export_streams_a_bundle_and_import_takes_one_as_a_json_array(api, proje
         "/v1/projects:import",
         json=[{"passphrase": PASSPHRASE, "data": b64(bundle[:-1])}],
     )
-    assert cut.json()["code"] == 15, cut.text  # DATA_LOSS
+    assert cut.status_code == 400, cut.text
+    assert cut.json()["code"] == 3, cut.text  # INVALID_ARGUMENT
+    assert "Nothing was imported" in cut.json()["message"], cut.text
 
 
 def test_crypto_primitives(api):

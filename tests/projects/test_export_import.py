@@ -18,6 +18,7 @@ from contextcache.internal.v1 import bundle_pb2
 from contextcache.internal.v1 import ingest_pb2 as ingest_internal_pb2
 from contextcache.internal.v1 import ingest_pb2_grpc as ingest_internal_pb2_grpc
 from contextcache.v1 import crypto_pb2, ingest_pb2, projects_pb2, query_pb2
+from runtime.errors import bad_request_of
 from services.crypto import canonical
 from tests.conftest import PASSPHRASE, fresh_database, new_project, running_stack
 
@@ -217,6 +218,11 @@ def _tampered(bundle: bytes) -> dict[str, bytes]:
     }
 
 
+def _fields(error: grpc.RpcError) -> list[str]:
+    bad_request = bad_request_of(error)
+    return [v.field for v in bad_request.field_violations] if bad_request else []
+
+
 def _resigned(bundle: bytes, project_id: str) -> bytes:
     """A forgery: a chunk altered, then the bundle signed again by a key of the forger's."""
     records = list(frames(bundle))
@@ -247,12 +253,15 @@ async def test_tampering_wrong_passphrase_and_forgeries_import_nothing(make_sett
 
     async with running_stack(make_settings, data_dir=tmp_path / "target") as target:
         for what, damaged in _tampered(bundle).items():
+            # The caller's bundle is bad input naming its bytes, never DATA_LOSS (HTTP 500).
             error = await failure(import_bundle(target, damaged))
-            assert error.code() == grpc.StatusCode.DATA_LOSS, (what, error.details())
+            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, (what, error.details())
+            assert _fields(error) == ["data"], what
             assert "Nothing was imported" in error.details(), what
 
         forged = await failure(import_bundle(target, _resigned(bundle, project.id)))
-        assert forged.code() == grpc.StatusCode.DATA_LOSS
+        assert forged.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert _fields(forged) == ["data"]
         assert "signing key" in forged.details()
 
         # The decoy's keyring (opened by the same passphrase, but bound to its own project)
@@ -265,7 +274,10 @@ async def test_tampering_wrong_passphrase_and_forgeries_import_nothing(make_sett
         rest = bundle[12 + 4 + len(next(frames(bundle))[1]) :]
         swapped = bundle[:12] + struct.pack(">I", len(swapped_header)) + swapped_header + rest
         error = await failure(import_bundle(target, swapped))
-        assert error.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.DATA_LOSS)
+        assert error.code() in (
+            grpc.StatusCode.PERMISSION_DENIED,
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ), error.details()
 
         wrong = await failure(import_bundle(target, bundle, passphrase="not the passphrase at all"))
         assert wrong.code() == grpc.StatusCode.PERMISSION_DENIED
