@@ -8,6 +8,7 @@ own. Without DATABASE_URL each service uses its own SQLite file under DATA_DIR.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -122,15 +123,28 @@ def ping_when_idle(engine: AsyncEngine, idle_seconds: float) -> None:
             raise
 
 
+# SQLite reports a missing table or a malformed statement as an OperationalError too: only
+# these say the database file could not be used for now.
+SQLITE_OUTAGES = ("database is locked", "unable to open database file", "disk i/o error")
+
+
+def _connection_lost(error: BaseException) -> bool:
+    if not isinstance(error, exc.DBAPIError):
+        return False
+    if error.connection_invalidated:
+        return True
+    if isinstance(error.orig, sqlite3.Error):
+        message = str(error.orig).lower()
+        return isinstance(error, exc.OperationalError) and any(s in message for s in SQLITE_OUTAGES)
+    return isinstance(error, exc.OperationalError | exc.InterfaceError)
+
+
 def unavailable_database(error: BaseException) -> Unavailable | None:
     """What a caller should see when `error` says the database could not be reached or lost
     the connection (a restart, a network cut, a pool with no connection to give): UNAVAILABLE,
     which clients may retry, rather than INTERNAL, which reports a bug. None for any other
     error. The driver's text stays in the logs."""
-    connection_lost = isinstance(error, exc.DBAPIError) and (
-        error.connection_invalidated or isinstance(error, exc.OperationalError | exc.InterfaceError)
-    )
-    if not (connection_lost or isinstance(error, exc.TimeoutError)):
+    if not (_connection_lost(error) or isinstance(error, exc.TimeoutError)):
         return None
     unavailable = Unavailable("The database is unavailable. Try again in a few seconds.")
     unavailable.cause = "database"
