@@ -261,6 +261,13 @@ async def _as_generator(
         await cancel_and_wait(task)
 
 
+async def _refusing_malformed(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """A request stream whose first malformed message ends the call INVALID_ARGUMENT."""
+    async for request in requests:
+        _refuse_malformed(request)
+        yield request
+
+
 def _rpc_type(unary_request: bool, streaming_response: bool) -> str:
     """go-grpc-prometheus's grpc_type values."""
     if unary_request:
@@ -281,6 +288,8 @@ def _wrap(
                 if unary_request:
                     _refuse_malformed(request)
                     validate(request)
+                else:
+                    request = _refusing_malformed(request)
                 responses = (
                     behavior(request, context)
                     if inspect.isasyncgenfunction(behavior)
@@ -298,6 +307,8 @@ def _wrap(
             if unary_request:
                 _refuse_malformed(request)
                 validate(request)
+            else:
+                request = _refusing_malformed(request)
             return await behavior(request, context)
         return None  # reached only when the call was aborted (the guard re-raises)
 
@@ -316,11 +327,9 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return None
         method = handler_call_details.method
-        unary_request = bool(handler.unary_unary or handler.unary_stream)
         deserializer = handler.request_deserializer
         kwargs = {
-            # Streamed requests keep grpcio's own handling: no handler here reads one.
-            "request_deserializer": _lenient(deserializer) if unary_request else deserializer,
+            "request_deserializer": _lenient(deserializer),
             "response_serializer": handler.response_serializer,
         }
         if handler.unary_unary:
