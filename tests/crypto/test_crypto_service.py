@@ -166,7 +166,7 @@ def test_no_secret_in_logs_errors_spans_or_sentry(tmp_path, caplog, capfd):
     finally:
         service.stop()
         sentry_sdk.get_client().close()
-        sentry_sdk.init()
+        sentry_sdk.get_global_scope().set_client(None)  # no client: monitoring DISABLED again
 
     assert any("INTERNAL" in e for e in errors), "the unexpected failure was exercised"
     assert transport.envelopes, "Sentry received the unexpected failure"

@@ -62,7 +62,7 @@ def sentry_dsn():
     thread.start()
     yield f"http://public@127.0.0.1:{httpd.server_address[1]}/1"
     sentry_sdk.get_client().close(timeout=2)
-    sentry_sdk.init()  # back to no-op
+    sentry_sdk.get_global_scope().set_client(None)  # no client: monitoring DISABLED again
     httpd.shutdown()
 
 
