@@ -26,6 +26,9 @@ from services.ratelimit.refusal import RATE_LIMITED_MESSAGE, status_details_bin
 from services.ratelimit.rules import load_rules
 
 TEMPLATE = REPO_ROOT / "envoy" / "envoy.yaml"
+# The Lua filter that checks gRPC-Web bodies, inlined into the configuration (one file for
+# Envoy and the Kubernetes ConfigMap alike).
+GRPC_WEB_CHECK = REPO_ROOT / "envoy" / "grpc_web_check.lua"
 
 
 def lb_endpoints(address: str) -> str:
@@ -87,6 +90,8 @@ def substitutions(settings: Settings) -> dict[str, str]:
         **public_method_regexes(),
         "TRANSCODER_DESCRIPTOR": str(settings.gateway_descriptor),
         "TRANSCODER_SERVICES": json.dumps(list(SERVICE_NAMES)),
+        # A JSON string is a YAML double-quoted scalar.
+        "GRPC_WEB_CHECK": json.dumps(GRPC_WEB_CHECK.read_text(encoding="utf-8")),
         "LISTEN_HOST": settings.gateway_host,
         "LISTEN_PORT": str(settings.gateway_port),
         "ADMIN_PORT": str(settings.gateway_admin_port),

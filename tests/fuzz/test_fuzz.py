@@ -9,6 +9,7 @@ and taken from FUZZ_SEED when set, so a failure is reproduced with
 
 from __future__ import annotations
 
+import base64
 import os
 import secrets
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ import httpx
 import pytest
 
 from tests.fuzz.campaign import fuzz, running_stack, varint
-from tests.fuzz.transports import Outcome, http_outcome
+from tests.fuzz.transports import Outcome, grpc_web_frame, http_outcome
 
 pytestmark = pytest.mark.envoy
 
@@ -43,10 +44,18 @@ class GatewayRequest:
     body: bytes
     headers: dict[str, str]
     expected: str  # an Outcome code
+    message: str = ""  # a part of the answer's grpc-message
 
 
 HASH = "/contextcache.v1.CryptoService/Hash"
 LIST = "/contextcache.v1.ProjectService/ListProjects"
+GET = "/contextcache.v1.ProjectService/GetProject"
+INGEST = "/contextcache.v1.IngestService/IngestDocument"
+WEB = {"content-type": "application/grpc-web+proto", "x-grpc-web": "1"}
+WEB_TEXT = {"content-type": "application/grpc-web-text", "x-grpc-web": "1"}
+HASH_ABC = b"\x0a\x03abc"  # HashRequest{data: "abc"}
+
+
 GATEWAY_REQUESTS = [
     # The services reset a stream that is not gRPC; Envoy answered 503.
     GatewayRequest(
@@ -56,6 +65,71 @@ GATEWAY_REQUESTS = [
         "JSON body on a gRPC path", HASH, b"{}", {"content-type": "application/json"}, "HTTP_415"
     ),
     GatewayRequest("no content type on a gRPC path", LIST, b"", {}, "HTTP_415"),
+    # gRPC-Web bodies whose frames do not add up: the services never answered them (the
+    # client gave up, or Envoy's route timeout answered 504).
+    GatewayRequest(
+        "gRPC-Web frame shorter than its header announces",
+        GET,
+        b"\x00\x00\x00\x00\x05ab",
+        WEB,
+        "INVALID_ARGUMENT",
+        "header announces 5 bytes, 2 follow",
+    ),
+    GatewayRequest(
+        "gRPC-Web second frame cut short",
+        HASH,
+        grpc_web_frame(HASH_ABC) + grpc_web_frame(HASH_ABC)[:-2],
+        WEB,
+        "INVALID_ARGUMENT",
+        "header announces 5 bytes, 3 follow",
+    ),
+    GatewayRequest(
+        "gRPC-Web frame header cut short",
+        HASH,
+        b"\x00\x00",
+        WEB,
+        "INVALID_ARGUMENT",
+        "header cut short (2 of 5 bytes)",
+    ),
+    GatewayRequest("gRPC-Web empty body", LIST, b"", WEB, "INVALID_ARGUMENT", "empty"),
+    GatewayRequest(
+        "gRPC-Web frame cut short on the upload route (streamed)",
+        INGEST,
+        grpc_web_frame(HASH_ABC)[:-1],
+        WEB,
+        "INVALID_ARGUMENT",
+        "header announces 5 bytes, 4 follow",
+    ),
+    GatewayRequest(
+        "grpc-web-text frame cut short",
+        HASH,
+        base64.b64encode(grpc_web_frame(HASH_ABC)[:-1]),
+        WEB_TEXT,
+        "INVALID_ARGUMENT",
+        "header announces 5 bytes, 4 follow",
+    ),
+    # Envoy's grpc_web filter answered INTERNAL ("invalid base64 data") itself.
+    GatewayRequest(
+        "grpc-web-text that is not base64",
+        HASH,
+        b"!!!not base64",
+        WEB_TEXT,
+        "INVALID_ARGUMENT",
+        "grpc-web-text body is not base64",
+    ),
+    GatewayRequest(
+        "grpc-web-text padded before its end",
+        LIST,
+        base64.b64encode(grpc_web_frame(b"")[:4]) + base64.b64encode(grpc_web_frame(b"")[4:]),
+        WEB_TEXT,
+        "INVALID_ARGUMENT",
+        "grpc-web-text body is not base64",
+    ),
+    # Well-formed bodies still reach the service.
+    GatewayRequest("gRPC-Web well-formed", LIST, grpc_web_frame(b""), WEB, "OK"),
+    GatewayRequest(
+        "grpc-web-text well-formed", LIST, base64.b64encode(grpc_web_frame(b"")), WEB_TEXT, "OK"
+    ),
 ]
 
 
@@ -63,9 +137,11 @@ GATEWAY_REQUESTS = [
 def test_gateway_request_gets_its_code(stack, request_: GatewayRequest) -> None:
     settings, _, _ = stack
     url = f"http://127.0.0.1:{settings.gateway_port}{request_.path}"
-    response = httpx.post(url, content=request_.body, headers=request_.headers, timeout=20)
+    # Well under the routes' timeouts (15 s; 300 s for uploads): an answer, not a timeout.
+    response = httpx.post(url, content=request_.body, headers=request_.headers, timeout=10)
     outcome: Outcome = http_outcome(response)
     assert outcome.code == request_.expected, outcome
+    assert request_.message in outcome.detail, outcome
     assert not outcome.is_failure
 
 
