@@ -94,11 +94,9 @@ def seed(gateway: str) -> tuple[str, str]:
     return project.id, token
 
 
-def main() -> None:
-    from runtime.stack import Stack
-
-    work = Path(tempfile.mkdtemp(prefix="gateway-load-"))
-    rules = raised_rules(work)
+def stack_environment(work: Path) -> dict[str, str]:
+    """The environment of a whole stack on free ports with its data in `work` and rate
+    limits out of a benchmark's reach; also set in this process (Settings reads it)."""
     ports = {name: free_port() for name in ("projects", "ingest", "query", "crypto", "ratelimit")}
     env = {k: v for k, v in os.environ.items() if not k.endswith(("_ADDR", "_URL"))}
     env.update({f"{name.upper()}_ADDR": f"127.0.0.1:{port}" for name, port in ports.items()})
@@ -109,9 +107,17 @@ def main() -> None:
         CONSOLE_PORT=str(free_port()),
         GATEWAY_HEALTH_CHECK_INTERVAL="1",
         GATEWAY_LOCAL_RATE_LIMIT=str(RAISED),
-        RATELIMIT_RULES=str(rules),
+        RATELIMIT_RULES=str(raised_rules(work)),
     )
     os.environ.update(env)
+    return env
+
+
+def main() -> None:
+    from runtime.stack import Stack
+
+    work = Path(tempfile.mkdtemp(prefix="gateway-load-"))
+    env = stack_environment(work)
     settings = Settings()
     gateway = f"127.0.0.1:{settings.gateway_port}"
     with Stack(settings, env, log=work / "stack.log"):
